@@ -1,0 +1,34 @@
+"""Cleaning options and their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import option
+
+
+@dataclass
+class CleanConfig:
+    """Options of `seqbuild clean`."""
+
+    noise_threshold: float = option(
+        0.5, "faces less similar than this to the sequence centre are noise", min=-1.0, max=1.0
+    )
+    split_policy: str = option(
+        "drop", "a sequence with two clear groups: drop | split", choices=("drop", "split")
+    )
+    near_dup_threshold: float = option(
+        0.95, "a face more similar than this to a kept face is a near duplicate", min=-1.0, max=1.0
+    )
+    min_face_size: float = option(40.0, "minimum face size in source pixels", min=0.0)
+    min_blur: float = option(20.0, "minimum variance of the Laplacian of the crop", min=0.0)
+    min_det_score: float = option(0.95, "minimum detection score", min=0.0, max=1.0)
+    max_yaw: float = option(0.8, "maximum |yaw| from landmark geometry (0 frontal, 1 profile)", min=0.0)
+    min_faces: int = option(5, "sequences left with fewer faces are removed", min=1)
+    rerun_threshold: float = option(
+        0.9, "sequence-centre similarity that flags a possible rerun", min=-1.0, max=1.0
+    )
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    dry_run: bool = option(
+        False, "print similarity histograms and what each threshold would remove; write nothing"
+    )

@@ -1,0 +1,193 @@
+"""Typed configs with one source of defaults: dataclasses, merged as defaults < TOML < flags.
+
+Each stage owns a dataclass (``seqbuild/<stage>/config.py``) whose field defaults are the defaults;
+range limits and choices sit in the field metadata. Unknown keys are errors that name the key. The
+merged config is saved next to the outputs and hashed, so a re-run with another config is noticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from .errors import ConfigError
+
+C = TypeVar("C")
+
+
+def option(
+    default: Any,
+    help: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple | None = None,
+) -> Any:
+    """A config field with its default, a help line, and optional range or choices (checked on build)."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item is str:
+            value = [value] if not isinstance(value, str) or "," not in value else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls: type[C], *layers: dict[str, Any] | None, section: str = "") -> C:
+    """Build ``cls`` from its defaults overlaid by each layer in turn; unknown keys raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    prefix = f"{section}." if section else ""
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                raise ConfigError(f"unknown config key '{prefix}{key}' (known keys: {known})")
+            values[key] = _check_type(prefix + key, value, hints[key])
+    cfg = cls(**values)
+    validate(cfg, section)
+    return cfg
+
+
+def validate(cfg: Any, section: str = "") -> None:
+    """Check every field of ``cfg`` against the range and choices in its metadata."""
+    prefix = f"{section}." if section else ""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+        items = value if isinstance(value, list) else [value]
+        for v in items:
+            if v is None:
+                continue
+            if choices is not None and v not in choices:
+                raise ConfigError(f"{prefix}{f.name}: {v!r} is not one of {', '.join(map(str, choices))}")
+            if lo is not None and isinstance(v, (int, float)) and v < lo:
+                raise ConfigError(f"{prefix}{f.name}: {v} is below the minimum {lo}")
+            if hi is not None and isinstance(v, (int, float)) and v > hi:
+                raise ConfigError(f"{prefix}{f.name}: {v} is above the maximum {hi}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass (nested dataclasses become dicts)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any, ignore: tuple[str, ...] = ()) -> str:
+    """A short stable hash of the config's values (``ignore`` lists keys that do not change outputs)."""
+    data = {k: v for k, v in (cfg if isinstance(cfg, dict) else to_dict(cfg)).items() if k not in ignore}
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, with a one-line error naming the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Turn ``--set section.key=value`` items into nested dicts (values parsed as TOML, else strings)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out.setdefault(section.replace("-", "_"), {})[name.replace("-", "_")] = value
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if value is None:
+        return '""'
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """Write ``{section: {key: value}}`` as TOML (None values are left out: they mean 'default')."""
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,18 @@
+"""Embedding options and their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import option
+
+
+@dataclass
+class EmbedConfig:
+    """Options of `seqbuild embed`."""
+
+    model: str = option("facenet", "embedder, by registry name (facenet | seqface)")
+    weights: str = option("", "weights file; empty = the model's default (offline FaceNet for facenet)")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    batch_size: int = option(64, "crops per forward pass", min=1)
+    workers: int = option(1, "videos processed in parallel", min=1)

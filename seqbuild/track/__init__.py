@@ -1,0 +1,1 @@
+"""Track: link detections into single-person face sequences with Kalman filters and the Hungarian algorithm."""

@@ -1,0 +1,241 @@
+"""`seqbuild track`: link each video's detections into single-person face sequences.
+
+Reads ``RUN/ingest/detections/<video_id>.parquet`` and writes ``RUN/track/{assignments,sequences,
+removals}/<video_id>.parquet``. Tracks never cross a shot boundary (ingest's ``shot_id``). Every
+detection ends up in exactly one place: the assignments of a kept sequence, or a removal row
+(scope ``face``, with its seq_id) that says why its sequence was not kept (``too_short``: fewer than
+``min_faces`` faces; ``unconfirmed``: the track never reached ``min_hits``) and the figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..config import config_hash
+from ..errors import SeqbuildError
+from ..layout import RunDir
+from ..pipeline.executors import Executor, LocalExecutor
+from ..schema import ASSIGNMENTS, DETECTIONS, REMOVALS, SEQUENCES
+from ..storage import read_table, write_table
+from .config import TrackConfig
+from .tracker import TRACKERS, create_tracker, infer_frame_step
+
+log = logging.getLogger(__name__)
+
+DETECTION_COLUMNS = [
+    "face_id",
+    "video_id",
+    "frame_idx",
+    "pts",
+    "shot_id",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "landmarks",
+    "det_score",
+    "face_size",
+]
+"""The detection columns tracking reads (the crops are not loaded)."""
+
+
+@dataclass
+class TrackOutput:
+    """One video's track tables and counts."""
+
+    assignments: pa.Table
+    sequences: pa.Table
+    removals: pa.Table
+    stats: dict[str, Any]
+
+
+def track_detections(detections: pa.Table, video_id: str, cfg: TrackConfig) -> TrackOutput:
+    """Track one video's detections (DETECTIONS columns, any order) shot by shot; no I/O."""
+    n = detections.num_rows
+    cols = {
+        c: detections.column(c).to_numpy(zero_copy_only=False) for c in DETECTION_COLUMNS if c != "landmarks"
+    }
+    frames = cols["frame_idx"].astype(np.int64)
+    shots = cols["shot_id"].astype(np.int64)
+    boxes = np.stack([cols[c].astype(np.float64) for c in ("x1", "y1", "x2", "y2")], axis=1).reshape(n, 4)
+    landmarks = None
+    if n:
+        flat = detections.column("landmarks").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        landmarks = flat.astype(np.float64).reshape(n, 5, 2)
+    step = cfg.frame_step or infer_frame_step(frames, shots)
+    tracker = create_tracker(cfg, step)
+
+    # Tracks are keyed (shot, label); their members are row indices into `detections`.
+    members: list[np.ndarray] = []
+    confirmed: list[bool] = []
+    reasons: list[str] = []
+    for shot in np.unique(shots):
+        rows = np.flatnonzero(shots == shot)
+        rows = rows[np.argsort(frames[rows], kind="stable")]
+        result = tracker.track(frames[rows], boxes[rows], None if landmarks is None else landmarks[rows])
+        for t in range(result.n_tracks):
+            members.append(rows[result.labels == t])
+            confirmed.append(bool(result.confirmed[t]))
+            reasons.append(result.end_reasons[t])
+    order = sorted(range(len(members)), key=lambda k: (frames[members[k]].min(), shots[members[k][0]], k))
+
+    face_ids = cols["face_id"]
+    pts = cols["pts"].astype(np.float64)
+    scores = cols["det_score"].astype(np.float64)
+    sizes = cols["face_size"].astype(np.float64) if "face_size" in cols else np.full(n, np.nan)
+    fallback = np.sqrt(
+        np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    )
+    sizes = np.where(np.isnan(sizes), fallback, sizes)
+
+    assign_rows: dict[str, list] = {"face_id": [], "video_id": [], "seq_id": []}
+    seq_rows: dict[str, list] = {name: [] for name in SEQUENCES.names}
+    rem_rows: dict[str, list] = {name: [] for name in REMOVALS.names}
+    stats = {
+        "faces": 0,
+        "sequences": 0,
+        "removed_sequences": 0,
+        "removed_faces": 0,
+        "ambiguous_splits": 0,
+        "frame_step": int(step),
+    }
+    for seq_n, k in enumerate(order):
+        idx = members[k]
+        idx = idx[np.argsort(frames[idx], kind="stable")]
+        seq_id = f"{video_id}-s{seq_n:05d}"
+        stats["ambiguous_splits"] += reasons[k] == "ambiguous"
+        reason = None
+        if not confirmed[k]:
+            reason, value, limit = "unconfirmed", len(idx), cfg.min_hits
+        elif len(idx) < cfg.min_faces:
+            reason, value, limit = "too_short", len(idx), cfg.min_faces
+        if reason is not None:
+            stats["removed_sequences"] += 1
+            stats["removed_faces"] += len(idx)
+            for i in idx:
+                rem_rows["stage"].append("track")
+                rem_rows["scope"].append("face")
+                rem_rows["video_id"].append(video_id)
+                rem_rows["seq_id"].append(seq_id)
+                rem_rows["face_id"].append(str(face_ids[i]))
+                rem_rows["reason"].append(reason)
+                rem_rows["value"].append(float(value))
+                rem_rows["threshold"].append(float(limit))
+                rem_rows["detail"].append(f"sequence of {len(idx)} faces")
+            continue
+        stats["sequences"] += 1
+        stats["faces"] += len(idx)
+        assign_rows["face_id"] += [str(f) for f in face_ids[idx]]
+        assign_rows["video_id"] += [video_id] * len(idx)
+        assign_rows["seq_id"] += [seq_id] * len(idx)
+        seq_rows["seq_id"].append(seq_id)
+        seq_rows["video_id"].append(video_id)
+        seq_rows["shot_id"].append(int(shots[idx[0]]))
+        seq_rows["first_frame"].append(int(frames[idx[0]]))
+        seq_rows["last_frame"].append(int(frames[idx[-1]]))
+        seq_rows["first_pts"].append(float(pts[idx[0]]))
+        seq_rows["last_pts"].append(float(pts[idx[-1]]))
+        seq_rows["n_faces"].append(len(idx))
+        seq_rows["mean_score"].append(float(scores[idx].mean()))
+        seq_rows["mean_face_size"].append(float(sizes[idx].mean()))
+    return TrackOutput(
+        pa.table(assign_rows, schema=ASSIGNMENTS),
+        pa.table(seq_rows, schema=SEQUENCES),
+        pa.table(rem_rows, schema=REMOVALS),
+        stats,
+    )
+
+
+@dataclass
+class TrackJob:
+    """One video's work, as handed to an executor (picklable)."""
+
+    run: str
+    video_id: str
+    cfg: TrackConfig
+    config_hash: str
+
+
+def track_video(job: TrackJob) -> dict[str, Any]:
+    """Track one video of a run and write its shard (the per-video function given to executors)."""
+    run = RunDir(job.run)
+    start = time.perf_counter()
+    try:
+        det = read_table(
+            run.ingest.table_path("detections", job.video_id), DETECTIONS, columns=DETECTION_COLUMNS
+        )
+        out = track_detections(det, job.video_id, job.cfg)
+    except FileNotFoundError as exc:
+        return {"status": "failed", "error": f"{exc.filename}: ingest detections missing"}
+    except SeqbuildError as exc:
+        return {"status": "failed", "error": str(exc)}
+    store = run.track
+    store.clear(job.video_id)
+    for name, table, schema in (
+        ("assignments", out.assignments, ASSIGNMENTS),
+        ("sequences", out.sequences, SEQUENCES),
+        ("removals", out.removals, REMOVALS),
+    ):
+        write_table(store.table_path(name, job.video_id), table, schema, name, job.config_hash)
+    store.mark_done(job.video_id, job.config_hash, **out.stats)
+    return {"status": "ok", "seconds": time.perf_counter() - start, **out.stats}
+
+
+def stage_hash(cfg: TrackConfig, ingest_hash: str) -> str:
+    """Hash of what a video's track output depends on: the track config and the ingest output it read."""
+    return config_hash({"track": config_hash(cfg, ignore=("workers",)), "ingest": ingest_hash})
+
+
+def run_track(
+    run: str | Path, cfg: TrackConfig, executor: Executor | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Track every video ingested into ``run``; resumable (done videos with the same config are skipped)."""
+    from tqdm import tqdm
+
+    rd = RunDir(run)
+    ingest = rd.require("ingest", "track")
+    TRACKERS.get(cfg.tracker)  # an unknown tracker is a ConfigError before any work starts
+    jobs: list[TrackJob] = []
+    summary: dict[str, Any] = {
+        "videos": 0,
+        "tracked": 0,
+        "skipped": 0,
+        "failed": 0,
+        "faces": 0,
+        "sequences": 0,
+        "removed_sequences": 0,
+        "removed_faces": 0,
+        "ambiguous_splits": 0,
+        "errors": [],
+    }
+    for video_id in ingest.done_shards():
+        summary["videos"] += 1
+        key = stage_hash(cfg, ingest.marker(video_id).get("config_hash", ""))
+        if rd.track.is_done(video_id, key):
+            summary["skipped"] += 1
+            continue
+        jobs.append(TrackJob(str(rd.root), video_id, cfg, key))
+    own = executor is None
+    executor = LocalExecutor(cfg.workers) if own else executor
+    try:
+        results = executor.map(track_video, jobs)
+        for job, res in tqdm(results, total=len(jobs), desc="track", unit="video", disable=not progress):
+            if res["status"] != "ok":
+                summary["failed"] += 1
+                summary["errors"].append(f"{job.video_id}: {res['error']}")
+                log.error("track %s: %s", job.video_id, res["error"])
+                continue
+            summary["tracked"] += 1
+            for key in ("faces", "sequences", "removed_sequences", "removed_faces", "ambiguous_splits"):
+                summary[key] += res[key]
+    finally:
+        if own:
+            executor.close()
+    return summary

@@ -9,15 +9,75 @@ from ..config import option
 
 @dataclass
 class TrainConfig:
-    """Options of `seqbuild train`."""
+    """Options of `seqbuild train` (defaults follow the SeqFace paper and the authors' released layers)."""
 
     identities: str = option("", "identity dataset (Parquet folder from `seqbuild import-identities`)")
     sequences: list[str] = option([], "final datasets of seqbuild runs (RUN/dataset) used as sequence data")
-    backbone: str = option("resnet27", "backbone, by registry name")
-    chief_loss: str = option("lsr_sphereface", "chief loss, by registry name")
-    aux_loss: str = option("dsa", "auxiliary loss, by registry name ('' = none)")
+    backbone: str = option("resnet27", "backbone, by registry name (resnet27 | resnet64 | resnet20 | tiny)")
+    embedding_dim: int = option(512, "size of the fc5 face feature", min=2)
+    norm: str = option("bn", "normalisation in the backbone: bn | none", choices=("bn", "none"))
+    chief_loss: str = option(
+        "lsr_sphereface", "chief loss: softmax | l2_sphereface | lsr_sphereface | arcface | cosface"
+    )
+    aux_loss: str = option("dsa", "auxiliary loss: dsa | center | margin ('' = none)")
+    # chief loss
+    scale: float = option(
+        0.0, "feature scale s (0 = the loss's default: 32 SphereFace, 64 ArcFace/CosFace)", min=0.0
+    )
+    margin_m: float = option(
+        0.0, "margin (0 = the loss's default: A-Softmax m=4, ArcFace 0.5, CosFace 0.35)", min=0.0
+    )
+    lambda_base: float = option(5.0, "A-Softmax annealing: base", min=0.0)
+    lambda_gamma: float = option(0.12, "A-Softmax annealing: gamma", min=0.0)
+    lambda_power: float = option(1.0, "A-Softmax annealing: power", min=0.0)
+    lambda_min: float = option(5.0, "A-Softmax annealing: lambda_min", min=0.0)
+    overlap_removed: bool = option(
+        True, "sequences are known not to overlap the identity classes (LSR target 1/C; else 0)"
+    )
+    # auxiliary losses
+    aux_weight: float = option(0.04, "weight of the auxiliary loss", min=0.0)
+    centre_rate: float = option(0.5, "centre update rate", min=0.0)
+    dsa_lambda: float = option(0.5, "DSA: weight of the pull term", min=0.0, max=1.0)
+    dsa_alpha: float = option(2.0, "DSA: alpha", min=0.0)
+    dsa_beta: float = option(1.0, "DSA: beta", min=0.0)
+    dsa_p: float = option(
+        0.01, "DSA: probability that a centre is in the iteration's subset", min=0.0, max=1.0
+    )
+    dsa_distance: str = option(
+        "euclidean", "DSA distance: euclidean | angular", choices=("euclidean", "angular")
+    )
+    margin_loss_margin: float = option(1.0, "margin loss (Gao et al.): margin", min=0.0)
+    # data
+    identity_ratio: float = option(
+        0.5, "fraction of each batch drawn from identity data (1:1 = 0.5)", min=0.0, max=1.0
+    )
+    image_size: int = option(144, "crops are resized to this size (they are stored at 144)", min=8)
+    crop_size: int = option(128, "random crop (train) / centre crop (test) size", min=8)
+    workers: int = option(4, "data-loader worker processes (JPEG decoding)", min=0)
+    # optimisation
     epochs: int = option(1, "passes over the identity data", min=1)
-    batch_size: int = option(128, "images per batch", min=2)
+    max_steps: int = option(0, "stop after this many steps in total (0 = run all epochs)", min=0)
+    batch_size: int = option(128, "images per batch (per process under DDP)", min=2)
     lr: float = option(0.1, "learning rate", min=0.0)
+    momentum: float = option(0.9, "SGD momentum", min=0.0)
+    weight_decay: float = option(5e-4, "weight decay (not applied to centres)", min=0.0)
+    lr_steps: list[int] = option([], "steps at which the learning rate is multiplied by lr_gamma")
+    lr_gamma: float = option(0.1, "learning-rate decay factor", min=0.0)
+    init: str = option("", "checkpoint whose backbone initialises this run (fine-tuning phase)")
+    # engineering
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    amp: str = option(
+        "auto",
+        "mixed precision: auto | bf16 | fp16 | off (auto = bf16 on CUDA)",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
+    compile: bool = option(False, "torch.compile the backbone")
+    channels_last: bool = option(True, "channels_last memory format on CUDA")
+    seed: int = option(0, "random seed (sampling, augmentation, DSA subsets, initialisation)")
+    checkpoint_every: int = option(
+        1000, "steps between checkpoints (one is always written at the end)", min=1
+    )
+    log_every: int = option(20, "steps between log lines", min=1)
+    tensorboard: bool = option(True, "write TensorBoard logs beside the CSV log")
+    resume: bool = option(True, "resume from OUT/last.pt when it exists")
     out: str = option("", "checkpoint folder")

@@ -9,9 +9,51 @@ from ..config import option
 
 @dataclass
 class OverlapConfig:
-    """Options of `seqbuild dedup-overlap`."""
+    """Options of `seqbuild dedup-overlap` and `seqbuild gallery build` (one source of defaults)."""
 
-    galleries: list[str] = option([], "gallery folders (built by `seqbuild gallery build`) or image folders")
-    thresholds: list[float] = option([], "one cosine threshold per gallery; empty = the embedder's default")
-    index: str = option("flat", "FAISS index: flat (exact) | ivf", choices=("flat", "ivf"))
-    per_face: bool = option(False, "also search every face, not only sequence centres")
+    galleries: list[str] = option(
+        [],
+        "galleries, each a folder built by `seqbuild gallery build`, or a source it accepts (image folder,"
+        " train.rec, features) which is built on the fly and cached in the run; NAME=PATH names one",
+    )
+    thresholds: list[float] = option(
+        [],
+        "cosine threshold per gallery, in order (one value applies to all); empty = each gallery's own",
+        min=-1.0,
+        max=1.0,
+    )
+    input_stage: str = option(
+        "clean", "stage whose surviving sequences are searched", choices=("clean", "track")
+    )
+    index: str = option(
+        "flat", "FAISS index: flat (exact) | ivf (for millions of identities)", choices=("flat", "ivf")
+    )
+    nprobe: int = option(32, "IVF cells searched per query", min=1)
+    per_face: bool = option(
+        False,
+        "also search every face: faces matching on their own are removed even if their sequence is kept",
+    )
+    workers: int = option(1, "videos processed in parallel", min=1)
+    # Building galleries (`gallery build`, and galleries built on the fly): the same parts as the run.
+    model: str = option(
+        "", "embedder for built galleries; empty = the one RUN/embed used (facenet outside a run)"
+    )
+    weights: str = option("", "embedder weights; empty = the model's offline default")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    detector: str = option("mtcnn", "face detector for gallery photos, by registry name")
+    min_face: int = option(40, "smallest face side (source pixels) looked for in gallery photos", min=12)
+    det_threshold: float = option(
+        0.95, "detector face probability threshold for gallery photos", min=0.0, max=1.0
+    )
+    max_side: int = option(1280, "photos larger than this are downscaled before detection", min=64)
+    dominant_ratio: float = option(
+        2.0,
+        "a photo with several faces is used only when its largest face is this many times the side of the"
+        " next one (else status several_faces)",
+        min=1.0,
+    )
+    prealigned: bool = option(
+        False, "photos are already aligned face crops (insightface 112x112): resize instead of detecting"
+    )
+    batch_size: int = option(32, "photos per detector/embedder batch", min=1)
+    chunk_size: int = option(20000, "images per gallery table part (bounded memory, resumable builds)", min=1)

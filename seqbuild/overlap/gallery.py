@@ -1,0 +1,655 @@
+"""Reference galleries: per-image embeddings, per-identity centres and a FAISS index over the centres.
+
+A gallery is built from one of:
+
+* an image folder with one sub-folder per identity (LFW, MS-Celeb-1M, VGGFace2 layout);
+* insightface's RecordIO pair ``train.rec`` + ``train.idx`` (MS1M-ArcFace, MS1MV3, ...), read directly;
+* precomputed features: an ``.npy`` matrix plus an identity list (``.txt``, one per row), or a Parquet
+  file with ``identity`` and ``embedding`` columns (``image_id`` and ``source`` optional).
+
+Photos are detected and aligned exactly as ingest does (``create_detector`` + ``align_face``) and embedded
+with the same embedder as the run, since only embeddings of one model are comparable. Each image gets a
+status: ``ok``, ``no_face``, ``several_faces`` (no face dominates, so the name cannot be attached to one)
+or ``unreadable`` (missing, undecodable or a damaged record), with the reason in ``error``; only ``ok``
+images feed the centres. Layout of ``GALLERY/``::
+
+    manifest.json               embedder, dim, threshold, index kind, counts
+    images/part-NNNNN.parquet   gallery_images_schema(dim), one row per image, in parts of chunk_size
+    identities.parquet          gallery_identities_schema(dim): identity, n_images, centre
+    index.faiss                 FAISS inner-product index over the centres (row i = identities row i)
+
+Parts are written atomically and reused by a re-run with the same options, so a long build resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..config import config_hash
+from ..errors import InputError
+from ..schema import gallery_identities_schema, gallery_images_schema
+from ..storage import read_table, table_metadata, write_json_atomic, write_table
+from .config import OverlapConfig
+from .recordio import RecordIOError, RecordIOReader
+from .search import build_index, group_centres, load_index, normalise, save_index
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MANIFEST = "manifest.json"
+GALLERY_FORMAT = 1
+
+CENTRE_THRESHOLDS: dict[str, float] = {}
+"""Default cosine threshold between a sequence centre and a gallery identity centre, per embedder.
+
+An embedder missing here falls back to its own ``same_identity_threshold`` (a face-pair threshold).
+docs/benchmarks.md (dedup-overlap section) gives the genuine/impostor measurements behind each value.
+"""
+
+# Photos at most this many pixels on their longest side are padded before detection: MTCNN misses faces
+# that fill the whole frame (tight or pre-cropped photos, insightface's 112x112 crops).
+_PAD_BELOW = 320
+_PAD_FRACTION = 0.25
+
+
+@dataclass
+class GalleryItem:
+    """One gallery image to embed (``read`` returns its encoded bytes) or one precomputed ``vector``."""
+
+    image_id: str
+    identity: str
+    source: str
+    read: Callable[[], bytes] | None = None
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class ImageResult:
+    """What became of one gallery image."""
+
+    status: str
+    error: str | None = None
+    vector: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def source_kind(src: str | os.PathLike[str]) -> str:
+    """``gallery``, ``folder``, ``rec``, ``npy`` or ``parquet`` for a gallery source (InputError otherwise)."""
+    path = Path(src)
+    if not path.exists():
+        raise InputError(f"{path}: gallery source not found")
+    if path.is_dir():
+        if (path / MANIFEST).exists():
+            return "gallery"
+        if (path / "train.rec").exists():
+            return "rec"
+        if any(p.is_dir() for p in path.iterdir()):
+            return "folder"
+        raise InputError(
+            f"{path}: not a gallery, a train.rec folder, or an image folder with one sub-folder per identity"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".rec":
+        return "rec"
+    if suffix == ".npy":
+        return "npy"
+    if suffix == ".parquet":
+        return "parquet"
+    raise InputError(f"{path}: unknown gallery source (expected a folder, .rec, .npy or .parquet)")
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    return lambda: path.read_bytes()
+
+
+def iter_image_folder(root: str | os.PathLike[str]) -> Iterator[GalleryItem]:
+    """Images of ``ROOT/<identity>/*`` in sorted order (files at the top level are not identities)."""
+    root = Path(root)
+    for identity_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(identity_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+                rel = path.relative_to(root).as_posix()
+                yield GalleryItem(rel, identity_dir.name, str(path), read=_read_file(path))
+
+
+def _rec_paths(src: Path) -> tuple[Path, Path]:
+    rec = src / "train.rec" if src.is_dir() else src
+    idx = rec.with_suffix(".idx")
+    if not idx.exists():
+        raise InputError(f"{rec}: the index {idx.name} is missing beside it (needed to find the records)")
+    return rec, idx
+
+
+def iter_recordio(src: str | os.PathLike[str]) -> Iterator[GalleryItem]:
+    """Image records of an insightface ``train.rec`` (identity = the class label as a string)."""
+    rec, idx = _rec_paths(Path(src))
+    reader = RecordIOReader(rec, idx)
+    try:
+        keys = reader.image_keys()
+    except RecordIOError:
+        keys = reader.keys()  # a damaged header record: read every record and report the bad ones
+    for key in keys:
+        try:
+            header, image = reader.read_image(key)
+        except RecordIOError as exc:
+            err = str(exc)
+
+            def fail(err: str = err) -> bytes:
+                raise RecordIOError(err)
+
+            yield GalleryItem(f"rec:{key}", "?", f"rec:{key}", read=fail)
+            continue
+        if header.flag > 0 and not image:
+            continue  # a header or identity-range record, not an image
+        yield GalleryItem(f"rec:{key}", str(header.class_label), f"rec:{key}", read=lambda image=image: image)
+
+
+def iter_features_npy(
+    src: str | os.PathLike[str], identities: str | os.PathLike[str] | None = None
+) -> Iterator[GalleryItem]:
+    """Rows of an ``.npy`` feature matrix with identities from a text file (default: ``SRC`` with .txt)."""
+    src = Path(src)
+    ids_path = Path(identities) if identities else src.with_suffix(".txt")
+    if not ids_path.exists():
+        raise InputError(
+            f"{src}: identity list {ids_path} not found (one identity per line, one line per row)"
+        )
+    try:
+        feats = np.load(src, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{src}: not a readable .npy file ({exc})") from None
+    names = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
+    if feats.ndim != 2 or len(names) != len(feats):
+        raise InputError(f"{src}: {feats.shape} features but {len(names)} identities in {ids_path}")
+    for i, name in enumerate(names):
+        yield GalleryItem(f"row:{i}", name, f"{src.name}:{i}", vector=np.asarray(feats[i], dtype=np.float32))
+
+
+def iter_features_parquet(src: str | os.PathLike[str]) -> Iterator[GalleryItem]:
+    """Rows of a Parquet file with ``identity`` and ``embedding`` columns (``image_id``/``source`` optional)."""
+    import pyarrow.parquet as pq
+
+    src = Path(src)
+    try:
+        pf = pq.ParquetFile(src)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{src}: not a readable Parquet file ({exc})") from None
+    names = pf.schema_arrow.names
+    if "identity" not in names or "embedding" not in names:
+        raise InputError(f"{src}: features need 'identity' and 'embedding' columns (found {names})")
+    row = 0
+    for batch in pf.iter_batches(batch_size=8192):
+        data = batch.to_pydict()
+        for j in range(batch.num_rows):
+            image_id = str(data["image_id"][j]) if "image_id" in data else f"row:{row}"
+            source = str(data["source"][j]) if "source" in data else f"{src.name}:{row}"
+            vec = data["embedding"][j]
+            vec = np.asarray(vec if vec is not None else [], dtype=np.float32)
+            yield GalleryItem(image_id, str(data["identity"][j]), source, vector=vec)
+            row += 1
+
+
+def iter_source(
+    src: str | os.PathLike[str], identities: str | None = None
+) -> tuple[str, Iterator[GalleryItem]]:
+    """The kind of ``src`` and its items."""
+    kind = source_kind(src)
+    if kind == "gallery":
+        raise InputError(f"{src}: already a built gallery")
+    if kind == "folder":
+        return kind, iter_image_folder(src)
+    if kind == "rec":
+        return kind, iter_recordio(src)
+    if kind == "npy":
+        return kind, iter_features_npy(src, identities)
+    return kind, iter_features_parquet(src)
+
+
+def source_fingerprint(src: str | os.PathLike[str]) -> str:
+    """A hash of a source's files (names, sizes, modification times): changes when the source changes."""
+    path = Path(src).resolve()
+    h = hashlib.sha1(str(path).encode())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- photos -> embeddings
+
+
+def choose_face(faces: list[Any], dominant_ratio: float) -> tuple[int | None, str, str | None]:
+    """Which detected face a gallery photo is of: (index, status, note).
+
+    One face: it. None: ``no_face``. Several: the largest only when its side is at least
+    ``dominant_ratio`` times the next one's (a portrait with bystanders); otherwise ``several_faces``,
+    because the identity label cannot be attached to one of comparable faces without guessing.
+    """
+    if not faces:
+        return None, "no_face", "no face found"
+    if len(faces) == 1:
+        return 0, "ok", None
+    order = sorted(range(len(faces)), key=lambda i: -faces[i].size)
+    first, second = faces[order[0]].size, faces[order[1]].size
+    sizes = ", ".join(f"{faces[i].size:.0f}" for i in order[:5])
+    if first >= dominant_ratio * max(second, 1e-6):
+        return order[0], "ok", f"{len(faces)} faces (sides {sizes} px); the largest dominates and was used"
+    return None, "several_faces", f"{len(faces)} faces of comparable size (sides {sizes} px); none used"
+
+
+def _pad(image: np.ndarray) -> tuple[np.ndarray, int]:
+    if max(image.shape[:2]) > _PAD_BELOW:
+        return image, 0
+    pad = int(round(_PAD_FRACTION * max(image.shape[:2])))
+    return np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="constant"), pad
+
+
+class PhotoEmbedder:
+    """Detect, choose, align and embed gallery photos the way ingest + embed treat video frames."""
+
+    def __init__(
+        self, embedder: Any, detector: Any | None, dominant_ratio: float = 2.0, prealigned: bool = False
+    ) -> None:
+        self.embedder = embedder
+        self.detector = detector
+        self.dominant_ratio = dominant_ratio
+        self.prealigned = prealigned
+
+    def crops(self, images: list[np.ndarray]) -> list[tuple[np.ndarray | None, str, str | None]]:
+        """One (aligned 144x144 crop or None, status, note) per RGB photo."""
+        import cv2
+
+        if self.prealigned:
+            return [(cv2.resize(im, (144, 144), interpolation=cv2.INTER_AREA), "ok", None) for im in images]
+        from ..ingest.align import align_face
+
+        padded = [_pad(im) for im in images]
+        detections = self.detector.detect([p for p, _ in padded])
+        out = []
+        for (image, _), faces in zip(padded, detections, strict=True):
+            index, status, note = choose_face(faces, self.dominant_ratio)
+            crop = None if index is None else align_face(image, np.asarray(faces[index].landmarks), size=144)
+            out.append((crop, status, note))
+        return out
+
+    def embed_images(self, images: list[np.ndarray]) -> list[ImageResult]:
+        """An ImageResult per RGB photo (vectors L2-normalised)."""
+        chosen = self.crops(images)
+        crops = [c for c, _, _ in chosen if c is not None]
+        vectors = iter(normalise(self.embedder.embed(crops)) if crops else [])
+        return [
+            ImageResult(status, note, next(vectors) if crop is not None else None)
+            for crop, status, note in chosen
+        ]
+
+
+def _decode(item: GalleryItem) -> tuple[np.ndarray | None, str | None]:
+    from ..imaging import decode_jpeg
+
+    try:
+        data = item.read()
+    except (OSError, InputError) as exc:
+        return None, f"{item.source}: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        return decode_jpeg(data), None
+    except Exception as exc:  # ValueError, or cv2.error on some damaged files
+        return None, f"{item.source}: not a decodable image ({str(exc).splitlines()[0][:80] or 'empty'})"
+
+
+def embed_items(
+    items: list[GalleryItem], photos: PhotoEmbedder | None, dim: int, batch_size: int = 32
+) -> list[ImageResult]:
+    """Embed one chunk of gallery items (photos through ``photos``; features are checked and normalised)."""
+    results: list[ImageResult | None] = [None] * len(items)
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        for (i, _), res in zip(pending, photos.embed_images([im for _, im in pending]), strict=True):
+            results[i] = res
+        pending.clear()
+
+    for i, item in enumerate(items):
+        if item.vector is not None:
+            v = item.vector
+            if v.shape != (dim,) or not np.all(np.isfinite(v)) or not np.any(v):
+                results[i] = ImageResult(
+                    "unreadable", f"{item.source}: invalid feature vector (shape {v.shape})"
+                )
+            else:
+                results[i] = ImageResult("ok", None, normalise(v[None])[0])
+            continue
+        image, err = _decode(item)
+        if image is None:
+            results[i] = ImageResult("unreadable", err)
+            continue
+        pending.append((i, image))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def default_threshold(model: str, embedder: Any | None = None) -> float:
+    """The default centre-to-centre threshold of an embedder (see :data:`CENTRE_THRESHOLDS`)."""
+    if model in CENTRE_THRESHOLDS:
+        return CENTRE_THRESHOLDS[model]
+    if embedder is not None and getattr(embedder, "same_identity_threshold", None) is not None:
+        return float(embedder.same_identity_threshold)
+    from ..embed.models import create_embedder
+
+    return float(create_embedder(model, weights="", device="cpu").same_identity_threshold)
+
+
+def build_options(cfg: OverlapConfig, model: str) -> dict[str, Any]:
+    """The options that change a gallery's contents (hashed into its parts and manifest)."""
+    return {
+        "model": model,
+        "weights": cfg.weights,
+        "detector": cfg.detector,
+        "min_face": cfg.min_face,
+        "det_threshold": cfg.det_threshold,
+        "max_side": cfg.max_side,
+        "dominant_ratio": cfg.dominant_ratio,
+        "prealigned": cfg.prealigned,
+        "chunk_size": cfg.chunk_size,
+        "format": GALLERY_FORMAT,
+    }
+
+
+def _chunks(items: Iterator[GalleryItem], size: int) -> Iterator[list[GalleryItem]]:
+    chunk: list[GalleryItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _reusable_part(
+    path: Path, items: list[GalleryItem], schema: pa.Schema, build_hash: str
+) -> pa.Table | None:
+    if not path.exists():
+        return None
+    try:
+        if table_metadata(path)["config_hash"] != build_hash:
+            return None
+        table = read_table(path, schema)
+    except Exception:  # a damaged part is simply rebuilt
+        return None
+    if table.column("image_id").to_pylist() != [it.image_id for it in items]:
+        return None
+    return table
+
+
+def build_gallery(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    cfg: OverlapConfig | None = None,
+    name: str | None = None,
+    identities: str | None = None,
+    embedder: Any | None = None,
+    detector: Any | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the gallery ``out`` from ``src``; returns the manifest (counts by status included).
+
+    ``embedder`` and ``detector`` default to ``create_embedder(cfg.model or 'facenet', ...)`` and
+    ``create_detector(cfg.detector, ...)``; features sources need neither, only the model name.
+    """
+    from tqdm import tqdm
+
+    cfg = cfg or OverlapConfig()
+    out = Path(out)
+    src_path = Path(src)
+    kind, items = iter_source(src_path, identities)
+    model = cfg.model or (getattr(embedder, "name", None) if embedder is not None else None) or "facenet"
+    photos = None
+    if kind in ("folder", "rec"):
+        if embedder is None:
+            from ..embed.models import create_embedder
+
+            embedder = create_embedder(model, weights=cfg.weights, device=cfg.device)
+        if detector is None and not cfg.prealigned:
+            from ..ingest.detect import create_detector
+
+            detector = create_detector(
+                cfg.detector,
+                device=cfg.device,
+                min_face=cfg.min_face,
+                threshold=cfg.det_threshold,
+                max_side=cfg.max_side,
+            )
+        photos = PhotoEmbedder(embedder, detector, cfg.dominant_ratio, cfg.prealigned)
+        dim = int(embedder.dim)
+        threshold = default_threshold(model, embedder)
+    else:
+        first = next(items, None)
+        if first is None:
+            raise InputError(f"{src_path}: no features found")
+        dim = int(first.vector.shape[0])
+        items = _prepend(first, items)
+        threshold = default_threshold(model, embedder)
+
+    options = build_options(cfg, model)
+    build_hash = config_hash({**options, "source": str(src_path.resolve()), "kind": kind, "dim": dim})
+    images_schema = gallery_images_schema(dim)
+    # Until the new manifest is written, the folder must not pass for a complete gallery.
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    seen: set[str] = set()
+    status_counts: dict[str, int] = {}
+    n_parts = 0
+    bar = tqdm(desc=f"gallery {name or out.name}", unit="img", disable=not progress)
+    for n_parts, chunk in enumerate(_chunks(items, cfg.chunk_size), 1):
+        part = out / "images" / f"part-{n_parts - 1:05d}.parquet"
+        table = _reusable_part(part, chunk, images_schema, build_hash)
+        if table is None:
+            results = embed_items(chunk, photos, dim, cfg.batch_size)
+            table = pa.table(
+                {
+                    "image_id": [it.image_id for it in chunk],
+                    "identity": [it.identity for it in chunk],
+                    "source": [it.source for it in chunk],
+                    "status": [r.status for r in results],
+                    "error": [r.error for r in results],
+                    "embedding": [None if r.vector is None else r.vector.tolist() for r in results],
+                },
+                schema=images_schema,
+            )
+            write_table(part, table, images_schema, "gallery_images", build_hash)
+        statuses = table.column("status").to_pylist()
+        ids = table.column("identity").to_pylist()
+        emb = table.column("embedding")
+        for i, (status, identity) in enumerate(zip(statuses, ids, strict=True)):
+            status_counts[status] = status_counts.get(status, 0) + 1
+            if status == "unreadable" and identity == "?":
+                continue  # a damaged record: its identity is unknown
+            seen.add(identity)
+            if status == "ok":
+                vec = np.asarray(emb[i].as_py(), dtype=np.float64)
+                sums[identity] = sums.get(identity, 0.0) + vec
+                counts[identity] = counts.get(identity, 0) + 1
+        for status, error in zip(statuses, table.column("error").to_pylist(), strict=True):
+            if status != "ok":
+                log.warning("gallery %s: %s (%s)", src_path, error, status)
+        bar.update(len(chunk))
+    bar.close()
+    # Parts of an earlier, longer build of the same folder would otherwise be read as part of this one.
+    for stale in sorted((out / "images").glob("part-*.parquet"))[n_parts:]:
+        stale.unlink()
+    if not sums:
+        raise InputError(f"{src_path}: no usable gallery image (statuses: {status_counts})")
+
+    names = sorted(sums)
+    centres = normalise(np.stack([sums[n] for n in names]))
+    ident_schema = gallery_identities_schema(dim)
+    identities_table = pa.table(
+        {"identity": names, "n_images": [counts[n] for n in names], "centre": [c.tolist() for c in centres]},
+        schema=ident_schema,
+    )
+    write_table(out / "identities.parquet", identities_table, ident_schema, "gallery_identities", build_hash)
+    index = build_index(centres, kind=cfg.index, nprobe=cfg.nprobe)
+    save_index(index, out / "index.faiss")
+    missing = sorted(seen - set(names))
+    if missing:
+        log.warning(
+            "gallery %s: %d identities have no usable image and cannot be matched: %s",
+            src_path,
+            len(missing),
+            ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+        )
+    manifest = {
+        "name": name or out.name,
+        "format": GALLERY_FORMAT,
+        "source": str(src_path.resolve()),
+        "source_kind": kind,
+        "embedder": model,
+        "weights": cfg.weights,
+        "dim": dim,
+        "threshold": float(threshold),
+        "index": "ivf" if cfg.index == "ivf" and len(names) >= 78 else "flat",
+        "nprobe": cfg.nprobe,
+        "options": options,
+        "build_hash": build_hash,
+        "n_images": int(sum(status_counts.values())),
+        "status_counts": status_counts,
+        "n_identities": len(names),
+        "identities_without_images": missing,
+    }
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def _prepend(first: GalleryItem, rest: Iterator[GalleryItem]) -> Iterator[GalleryItem]:
+    yield first
+    yield from rest
+
+
+def centres_from_embeddings(
+    identities: list[str], vectors: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Identity centres from per-image vectors: (names, counts, centres) (for tests and tools)."""
+    keys, n, centres = group_centres(vectors, np.asarray(identities))
+    return [str(k) for k in keys], n, centres
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Gallery:
+    """A built gallery, loaded for search."""
+
+    path: Path
+    name: str
+    manifest: dict[str, Any]
+    identities: list[str]
+    centres: np.ndarray
+    _indexes: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def embedder(self) -> str:
+        """The embedder the gallery's vectors come from."""
+        return str(self.manifest["embedder"])
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self.manifest["dim"])
+
+    @property
+    def threshold(self) -> float:
+        """The gallery's default threshold (the embedder's centre threshold when it was built)."""
+        return float(self.manifest["threshold"])
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what the gallery holds, for the config hash of runs that search it."""
+        return (
+            str(self.manifest.get("build_hash", ""))
+            + ":"
+            + hashlib.sha1(self.centres.tobytes()).hexdigest()[:12]
+        )
+
+    def index(self, kind: str = "flat", nprobe: int = 32) -> Any:
+        """A FAISS index of the centres (the saved one when of the asked kind), on GPU when available."""
+        from .search import index_kind, to_search_device
+
+        key = (kind, nprobe)
+        if key not in self._indexes:
+            index = None
+            path = self.path / "index.faiss"
+            if path.exists():
+                saved = load_index(path)
+                if saved.ntotal == len(self.identities) and index_kind(saved) == kind:
+                    index = saved
+                    if kind == "ivf":
+                        import faiss
+
+                        faiss.downcast_index(index).nprobe = nprobe
+            if index is None:
+                index = build_index(self.centres, kind=kind, nprobe=nprobe)
+            self._indexes[key] = to_search_device(index)
+        return self._indexes[key]
+
+
+def is_gallery(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a built gallery folder."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load_gallery(path: str | os.PathLike[str], name: str | None = None) -> Gallery:
+    """Load a gallery folder (InputError naming it when incomplete or damaged)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: not a built gallery (no {MANIFEST}); build it with `seqbuild gallery build`"
+        ) from None
+    except ValueError as exc:
+        raise InputError(f"{manifest_path}: damaged manifest ({exc})") from None
+    dim = int(manifest["dim"])
+    table = read_table(path / "identities.parquet", gallery_identities_schema(dim))
+    centres = np.asarray(table.column("centre").to_pylist(), dtype=np.float32).reshape(-1, dim)
+    return Gallery(
+        path,
+        name or str(manifest.get("name") or path.name),
+        manifest,
+        table.column("identity").to_pylist(),
+        centres,
+    )
+
+
+def read_gallery_images(path: str | os.PathLike[str]) -> pa.Table:
+    """The per-image table of a gallery (all parts)."""
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    from ..storage import read_tables
+
+    return read_tables(
+        sorted((path / "images").glob("part-*.parquet")), gallery_images_schema(int(manifest["dim"]))
+    )

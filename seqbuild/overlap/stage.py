@@ -1,0 +1,431 @@
+"""The dedup-overlap stage: remove sequences whose identity is in a reference gallery, write the dataset.
+
+Two steps, as for every operation that needs all the data: galleries are built first (``gallery build``,
+or on the fly into ``RUN/dedup_overlap/_galleries/``), then each video's sequences are filtered against
+them. A sequence's centre (normalised mean of the normalised embeddings of the faces the input stage
+kept) is searched against every gallery's identity centres (k=1); the sequence is removed when the best
+score reaches that gallery's threshold. With ``per_face``, every remaining face is searched as well and
+faces that match on their own are removed (a track that drifted onto a gallery person for a while).
+
+Per video it writes ``RUN/dedup_overlap/{assignments,sequences,removals}`` and the final dataset
+``RUN/dataset/{faces,sequences,removals}`` (the removals of every stage for that video), then marks
+the video done.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import config_hash, to_dict
+from ..errors import ConfigError, InputError, SeqbuildError
+from ..layout import RunDir
+from ..schema import ASSIGNMENTS, DETECTIONS, FACES, REMOVALS, SEQUENCES
+from ..storage import ShardStore, read_table, read_tables, write_table
+from .config import OverlapConfig
+from .gallery import Gallery, build_gallery, is_gallery, load_gallery, source_fingerprint
+from .search import normalise, search
+
+log = logging.getLogger(__name__)
+
+STAGE = "dedup_overlap"
+_NAME_RE = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
+
+
+@dataclass(frozen=True)
+class GallerySpec:
+    """A gallery to search, with its name and the threshold that applies to it."""
+
+    name: str
+    path: str
+    threshold: float
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video's dedup-overlap work (picklable: the worker loads galleries by path)."""
+
+    run: str
+    shard: str
+    galleries: tuple[GallerySpec, ...]
+    input_stage: str
+    index: str
+    nprobe: int
+    per_face: bool
+    config_hash: str
+
+
+def parse_gallery_arg(arg: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` -> (NAME, PATH); a plain path -> (None, PATH)."""
+    m = _NAME_RE.match(arg)
+    if m and not Path(arg).exists():
+        return m.group(1), m.group(2)
+    return None, arg
+
+
+def thresholds_for(n: int, thresholds: list[float], defaults: list[float]) -> list[float]:
+    """One threshold per gallery: as many as galleries, one for all, or none (each gallery's default)."""
+    if not thresholds:
+        return list(defaults)
+    if len(thresholds) == 1:
+        return [float(thresholds[0])] * n
+    if len(thresholds) != n:
+        raise ConfigError(
+            f"dedup_overlap.thresholds: {len(thresholds)} thresholds for {n} galleries (give one per gallery, or one for all)"
+        )
+    return [float(t) for t in thresholds]
+
+
+def run_embedder_name(run: RunDir) -> str:
+    """The embedder the run's embeddings come from (the ``model`` column of RUN/embed)."""
+    for path in run.embed.paths("embeddings"):
+        table = read_table(path, columns=["model"])
+        if table.num_rows:
+            return str(table.column("model")[0].as_py())
+    return ""
+
+
+def resolve_galleries(
+    run: RunDir, cfg: OverlapConfig, model: str, progress: bool = True
+) -> list[tuple[Gallery, float]]:
+    """Load (or build and cache) each configured gallery; pair it with its threshold."""
+    if not cfg.galleries:
+        raise ConfigError("dedup_overlap.galleries: no gallery given (--gallery PATH, repeatable)")
+    loaded: list[Gallery] = []
+    for arg in cfg.galleries:
+        name, path = parse_gallery_arg(arg)
+        src = Path(path)
+        if not src.exists():
+            raise InputError(f"{src}: gallery not found")
+        if is_gallery(src):
+            gallery = load_gallery(src, name)
+        else:
+            gname = name or (
+                src.parent.name if src.name in ("train.rec",) else src.stem if src.is_file() else src.name
+            )
+            build_cfg = OverlapConfig(**{**to_dict(cfg), "model": cfg.model or model})
+            key = config_hash(
+                {
+                    "fp": source_fingerprint(src),
+                    "model": build_cfg.model,
+                    "w": cfg.weights,
+                    **_build_keys(cfg),
+                }
+            )
+            cache = run.root / STAGE / "_galleries" / f"{gname}-{key}"
+            if not is_gallery(cache):
+                log.info("building gallery %s from %s into %s", gname, src, cache)
+                build_gallery(src, cache, build_cfg, name=gname, progress=progress)
+            gallery = load_gallery(cache, gname)
+        if model and gallery.embedder != model:
+            raise InputError(
+                f"{gallery.path}: gallery built with embedder {gallery.embedder!r}, but {run.root} was embedded"
+                f" with {model!r}; rebuild it with --model {model}"
+            )
+        loaded.append(gallery)
+    names = [g.name for g in loaded]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"dedup_overlap.galleries: two galleries share a name ({names}); name them NAME=PATH"
+        )
+    thresholds = thresholds_for(len(loaded), cfg.thresholds, [g.threshold for g in loaded])
+    return list(zip(loaded, thresholds, strict=True))
+
+
+def _build_keys(cfg: OverlapConfig) -> dict[str, Any]:
+    keys = (
+        "detector",
+        "min_face",
+        "det_threshold",
+        "max_side",
+        "dominant_ratio",
+        "prealigned",
+        "index",
+        "nprobe",
+    )
+    return {k: getattr(cfg, k) for k in keys}
+
+
+_GALLERY_CACHE: dict[str, Gallery] = {}
+
+
+def _gallery(spec: GallerySpec) -> Gallery:
+    # Workers handle many videos: load each gallery (and its index) once per process.
+    key = f"{spec.path}\0{spec.fingerprint}"
+    if key not in _GALLERY_CACHE:
+        _GALLERY_CACHE[key] = load_gallery(spec.path, spec.name)
+    return _GALLERY_CACHE[key]
+
+
+@dataclass
+class Match:
+    """The best gallery match of one query."""
+
+    gallery: str
+    identity: str
+    score: float
+    threshold: float
+
+
+def best_matches(
+    vectors: np.ndarray, galleries: list[tuple[Gallery, float]], kind: str, nprobe: int
+) -> list[Match | None]:
+    """Per query vector: the match with the largest score among galleries whose threshold it reaches."""
+    out: list[Match | None] = [None] * len(vectors)
+    if len(vectors) == 0:
+        return out
+    for gallery, threshold in galleries:
+        scores, ids = search(gallery.index(kind, nprobe), vectors, k=1)
+        for i in range(len(vectors)):
+            s, j = float(scores[i, 0]), int(ids[i, 0])
+            if j < 0 or s < threshold:
+                continue
+            if out[i] is None or s > out[i].score:
+                out[i] = Match(gallery.name, gallery.identities[j], s, threshold)
+    return out
+
+
+def sequence_centres(seq_ids: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Normalised mean of the normalised face embeddings of each sequence: (seq ids, centres)."""
+    if len(seq_ids) == 0:
+        return [], np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), np.float32)
+    keys, inverse = np.unique(np.asarray(seq_ids), return_inverse=True)
+    sums = np.zeros((len(keys), vectors.shape[1]), np.float64)
+    np.add.at(sums, inverse, normalise(vectors))
+    return [str(k) for k in keys], normalise(sums)
+
+
+def _removal(video: str, seq: str, face: str | None, m: Match, scope: str) -> dict[str, Any]:
+    return {
+        "stage": STAGE,
+        "scope": scope,
+        "video_id": video,
+        "seq_id": seq,
+        "face_id": face,
+        "reason": "gallery_match",
+        "value": m.score,
+        "threshold": m.threshold,
+        "detail": f"gallery={m.gallery} identity={m.identity}",
+    }
+
+
+def _recount_sequences(seqs: pa.Table, faces: pa.Table) -> pa.Table:
+    """Sequences restricted to those with kept faces, their counts and frame ranges recomputed."""
+    if seqs.num_rows == 0:
+        return seqs
+    df = faces.select(["seq_id", "frame_idx", "pts", "det_score", "face_size"]).to_pandas()
+    agg = df.groupby("seq_id").agg(
+        first_frame=("frame_idx", "min"),
+        last_frame=("frame_idx", "max"),
+        first_pts=("pts", "min"),
+        last_pts=("pts", "max"),
+        n_faces=("frame_idx", "size"),
+        mean_score=("det_score", "mean"),
+        mean_face_size=("face_size", "mean"),
+    )
+    base = seqs.to_pandas().set_index("seq_id")
+    base = base[base.index.isin(agg.index)]
+    for col in agg.columns:
+        base[col] = agg.loc[base.index, col].to_numpy()
+    return pa.Table.from_pandas(base.reset_index()[SEQUENCES.names], schema=SEQUENCES, preserve_index=False)
+
+
+def dedup_video(job: VideoJob) -> dict[str, Any]:
+    """Filter one video against the galleries and write its stage tables and final dataset; returns counts."""
+    run = RunDir(job.run)
+    shard = job.shard
+    src = run.stage(job.input_stage)
+    out = run.dedup_overlap
+    galleries = [(_gallery(spec), spec.threshold) for spec in job.galleries]
+
+    assign = read_table(src.table_path("assignments", shard), ASSIGNMENTS)
+    seqs = read_table(src.table_path("sequences", shard), SEQUENCES)
+    emb_path = run.embed.table_path("embeddings", shard)
+    if not emb_path.exists():
+        raise InputError(f"{emb_path}: no embeddings for video {shard}; run `seqbuild embed` first")
+    emb = read_table(emb_path, columns=["face_id", "embedding"])
+    joined = assign.join(emb, keys="face_id", join_type="left outer")
+    has_vec = pc.invert(pc.is_null(joined.column("embedding")))
+    missing = joined.num_rows - pc.sum(has_vec).as_py() if joined.num_rows else 0
+    if missing:
+        log.warning(
+            "%s: %d kept faces have no embedding and are checked through their sequence only", shard, missing
+        )
+    with_vec = joined.filter(has_vec)
+    face_ids = with_vec.column("face_id").to_pylist()
+    face_seqs = with_vec.column("seq_id").to_pylist()
+    dim = galleries[0][0].dim
+    vectors = (
+        np.asarray(with_vec.column("embedding").to_pylist(), dtype=np.float32).reshape(-1, dim)
+        if with_vec.num_rows
+        else np.zeros((0, dim), np.float32)
+    )
+
+    seq_keys, centres = sequence_centres(face_seqs, vectors)
+    seq_match = dict(zip(seq_keys, best_matches(centres, galleries, job.index, job.nprobe), strict=True))
+    removals: list[dict[str, Any]] = []
+    removed_seqs: set[str] = set()
+    for seq_id in seqs.column("seq_id").to_pylist():
+        m = seq_match.get(seq_id)
+        if m is not None:
+            removed_seqs.add(seq_id)
+            removals.append(_removal(shard, seq_id, None, m, "sequence"))
+    removed_faces: set[str] = set()
+    if job.per_face and len(face_ids):
+        keep_rows = [i for i, s in enumerate(face_seqs) if s not in removed_seqs]
+        matches = best_matches(vectors[keep_rows], galleries, job.index, job.nprobe)
+        for i, m in zip(keep_rows, matches, strict=True):
+            if m is not None:
+                removed_faces.add(face_ids[i])
+                removals.append(_removal(shard, face_seqs[i], face_ids[i], m, "face"))
+
+    keep = pc.invert(pc.is_in(assign.column("seq_id"), pa.array(sorted(removed_seqs), pa.string())))
+    keep = pc.and_(
+        keep, pc.invert(pc.is_in(assign.column("face_id"), pa.array(sorted(removed_faces), pa.string())))
+    )
+    kept_assign = assign.filter(keep)
+    kept_seqs = seqs.filter(
+        pc.invert(pc.is_in(seqs.column("seq_id"), pa.array(sorted(removed_seqs), pa.string())))
+    )
+    if removed_faces:
+        det = read_table(run.ingest.table_path("detections", shard), DETECTIONS, columns=None)
+        det = det.select(["face_id", "frame_idx", "pts", "det_score", "face_size"])
+        kept_det = det.join(kept_assign.select(["face_id", "seq_id"]), keys="face_id", join_type="inner")
+        before = set(kept_seqs.column("seq_id").to_pylist())
+        kept_seqs = _recount_sequences(kept_seqs, kept_det)
+        for seq_id in sorted(before - set(kept_seqs.column("seq_id").to_pylist())):
+            removals.append(
+                {
+                    "stage": STAGE,
+                    "scope": "sequence",
+                    "video_id": shard,
+                    "seq_id": seq_id,
+                    "face_id": None,
+                    "reason": "gallery_match",
+                    "value": None,
+                    "threshold": None,
+                    "detail": "every face of the sequence matched a gallery on its own",
+                }
+            )
+    removals_table = pa.Table.from_pylist(removals, schema=REMOVALS) if removals else REMOVALS.empty_table()
+
+    h = job.config_hash
+    write_table(out.table_path("assignments", shard), kept_assign, ASSIGNMENTS, "assignments", h)
+    write_table(out.table_path("sequences", shard), kept_seqs, SEQUENCES, "sequences", h)
+    write_table(out.table_path("removals", shard), removals_table, REMOVALS, "removals", h)
+    write_dataset_shard(run, shard, h)
+    out.mark_done(shard, h)
+
+    per_gallery: dict[str, dict[str, int]] = {g.name: {"sequences": 0, "faces": 0} for g, _ in galleries}
+    faces_per_seq = pc.value_counts(assign.column("seq_id")).to_pylist() if assign.num_rows else []
+    n_by_seq = {d["values"]: d["counts"] for d in faces_per_seq}
+    for r in removals:
+        name = r["detail"].split()[0].removeprefix("gallery=") if r["detail"].startswith("gallery=") else None
+        if name is None:
+            continue
+        if r["scope"] == "sequence":
+            per_gallery[name]["sequences"] += 1
+            per_gallery[name]["faces"] += n_by_seq.get(r["seq_id"], 0)
+        else:
+            per_gallery[name]["faces"] += 1
+    return {
+        "sequences_in": seqs.num_rows,
+        "sequences_kept": kept_seqs.num_rows,
+        "faces_in": assign.num_rows,
+        "faces_kept": kept_assign.num_rows,
+        "per_gallery": per_gallery,
+    }
+
+
+def write_dataset_shard(run: RunDir, shard: str, config_hash: str = "") -> dict[str, int]:
+    """Write RUN/dataset/{faces,sequences,removals}/<shard>.parquet from the dedup-overlap output."""
+    from ..dataset import faces_for_shard
+    from ..layout import STAGES
+
+    faces = faces_for_shard(run, STAGE, shard)
+    seqs = read_table(run.dedup_overlap.table_path("sequences", shard), SEQUENCES)
+    removal_paths = [p for stage in STAGES if (p := run.stage(stage).table_path("removals", shard)).exists()]
+    removals = read_tables(removal_paths, REMOVALS)
+    root = run.dataset
+    write_table(root / "faces" / f"{shard}.parquet", faces, FACES, "faces", config_hash)
+    write_table(root / "sequences" / f"{shard}.parquet", seqs, SEQUENCES, "sequences", config_hash)
+    write_table(root / "removals" / f"{shard}.parquet", removals, REMOVALS, "removals", config_hash)
+    return {"faces": faces.num_rows, "sequences": seqs.num_rows, "removals": removals.num_rows}
+
+
+def run_dedup_overlap(
+    run: str | Path, cfg: OverlapConfig, executor=None, progress: bool = True
+) -> dict[str, Any]:
+    """Remove gallery identities from every video of ``run`` and write the final dataset; returns a summary."""
+    from tqdm import tqdm
+
+    from ..pipeline.executors import LocalExecutor
+
+    rd = RunDir(run)
+    src: ShardStore = rd.require(cfg.input_stage, STAGE)
+    rd.require("embed", STAGE)
+    model = run_embedder_name(rd)
+    resolved = resolve_galleries(rd, cfg, model, progress)
+    specs = tuple(GallerySpec(g.name, str(g.path), float(t), g.fingerprint) for g, t in resolved)
+    h = config_hash(
+        {
+            "input_stage": cfg.input_stage,
+            "index": cfg.index,
+            "nprobe": cfg.nprobe,
+            "per_face": cfg.per_face,
+            "galleries": [(s.name, s.threshold, s.fingerprint) for s in specs],
+        }
+    )
+    shards = src.done_shards()
+    todo = [s for s in shards if not rd.dedup_overlap.is_done(s, h)]
+    summary: dict[str, Any] = {
+        "videos": len(shards),
+        "skipped": len(shards) - len(todo),
+        "done": 0,
+        "failed": {},
+        "sequences_in": 0,
+        "sequences_kept": 0,
+        "faces_in": 0,
+        "faces_kept": 0,
+        "galleries": {
+            s.name: {"threshold": s.threshold, "sequences": 0, "faces": 0, "path": s.path} for s in specs
+        },
+    }
+    jobs = [
+        VideoJob(str(rd.root), s, specs, cfg.input_stage, cfg.index, cfg.nprobe, cfg.per_face, h)
+        for s in todo
+    ]
+    for s in todo:
+        rd.dedup_overlap.clear(s)
+    executor = executor or LocalExecutor(cfg.workers)
+    bar = tqdm(total=len(jobs), desc="dedup-overlap", unit="video", disable=not progress)
+    for job, result in executor.map(_safe_dedup_video, jobs):
+        bar.update(1)
+        if "error" in result:
+            summary["failed"][job.shard] = result["error"]
+            log.error("dedup-overlap: %s", result["error"])
+            continue
+        summary["done"] += 1
+        for key in ("sequences_in", "sequences_kept", "faces_in", "faces_kept"):
+            summary[key] += result[key]
+        for name, counts in result["per_gallery"].items():
+            summary["galleries"][name]["sequences"] += counts["sequences"]
+            summary["galleries"][name]["faces"] += counts["faces"]
+    bar.close()
+    return summary
+
+
+def _safe_dedup_video(job: VideoJob) -> dict[str, Any]:
+    """:func:`dedup_video` with a seqbuild error turned into a result, so other videos carry on."""
+    try:
+        return dedup_video(job)
+    except SeqbuildError as exc:
+        return {"error": f"video {job.shard}: {exc}"}

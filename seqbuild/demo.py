@@ -301,3 +301,29 @@ def make_demo_broadcast(
         write_gallery(gallery, identity, photos[identity])
     write_json_atomic(gt_path, gt)
     return DemoBroadcast(video, gt_path, gallery, n)
+
+
+def demo_pipeline_path() -> Path | None:
+    """``pipelines/demo.toml`` of the source checkout, when there is one (else built-in defaults apply)."""
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
+    return path if path.is_file() else None
+
+
+def run_demo(
+    run: str | Path,
+    overrides: tuple[str, ...] | list[str] = (),
+    executor: str | None = None,
+    progress: bool = True,
+):
+    """Make the demo broadcast in ``RUN/media`` and run the demo pipeline on it; returns stage results."""
+    from .pipeline.loading import load_pipeline
+    from .pipeline.run import run_pipeline
+
+    run = Path(run)
+    made = make_demo_broadcast(run / "media")
+    flags = {
+        "ingest": {"inputs": [str(made.video.resolve())]},
+        "dedup_overlap": {"galleries": [str(made.gallery.resolve())]},
+    }
+    pipeline = load_pipeline(demo_pipeline_path(), overrides, flags)
+    return made, run_pipeline(run, pipeline, executor=executor, progress=progress)

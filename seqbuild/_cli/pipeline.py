@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-from .common import handle_errors, log_level_option, not_built
+from .common import flags_layer, handle_errors, load_config, log_level_option, start_logging
+
+
+def _print_results(results) -> None:
+    for r in results:
+        if r.status == "ran":
+            fails = f", {r.failures} failed" if r.failures else ""
+            click.echo(f"  {r.stage:<14} ran in {r.seconds:.1f} s{fails}")
+        elif r.status == "skipped":
+            click.echo(f"  {r.stage:<14} skipped: complete for this config")
+        else:
+            click.echo(f"  {r.stage:<14} {r.status.replace('_', ' ')}: {r.reason}")
 
 
 @click.command()
@@ -13,29 +27,72 @@ from .common import handle_errors, log_level_option, not_built
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one config value.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Where stages run.")
 @click.option("--ray-address", default=None, help="Ray cluster to join ('auto' for a running one).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @log_level_option
 @handle_errors
-def run(pipeline, run, sets, executor, ray_address, log_level) -> None:
+def run(pipeline, run, sets, executor, ray_address, progress, log_level) -> None:
     """Run every stage of PIPELINE in order, skipping stages already complete for the same config."""
-    not_built("run", "the end-to-end runner")
+    from ..pipeline.run import run_pipeline
+
+    run = run or str(Path("runs") / Path(pipeline).stem)
+    start_logging(log_level, run)
+    cfg = load_config(
+        pipeline,
+        sets,
+        flags_layer("run", executor=executor, ray_address=ray_address, log_level=log_level.upper()),
+    )
+    results = run_pipeline(run, cfg, executor=executor, ray_address=ray_address, progress=progress)
+    click.echo(f"{run}:")
+    _print_results(results)
+    if any(r.failures for r in results):
+        sys.exit(1)
+    if any(r.status in ("not_built", "not_run") for r in results):
+        sys.exit(3)
 
 
 @click.command()
 @click.option("--out", "run", default="runs/demo", show_default=True, help="Run directory.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one config value.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Where stages run.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @log_level_option
 @handle_errors
-def demo(run, log_level) -> None:
+def demo(run, sets, executor, progress, log_level) -> None:
     """Make a synthetic broadcast from photos shipped in installed packages and run the chain on it."""
-    not_built("demo", "the demo")
+    from ..demo import run_demo
+
+    start_logging(log_level, run)
+    made, results = run_demo(run, sets, executor=executor, progress=progress)
+    click.echo(f"demo broadcast: {made.video} ({made.frames} frames), ground truth {made.ground_truth}")
+    click.echo(f"{run}:")
+    _print_results(results)
+    missing = [r.stage for r in results if r.status == "not_built"]
+    if missing:
+        click.echo(f"not built yet: {', '.join(missing)} (the stages before it ran; nothing after it)")
+    if any(r.failures for r in results):
+        sys.exit(1)
+    if (Path(run) / "dataset" / "faces").is_dir():
+        from ..report import write_report
+
+        page = write_report(run)
+        click.echo(f"report: {page}")
+        click.echo(
+            f"score: python ../shared/tools/score_sequences.py {made.ground_truth} {Path(run) / 'dataset'}"
+            " --gallery grace_hopper"
+        )
 
 
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--out", default=None, help="HTML file (default: RUN/report/index.html).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random contact sheets.")
 @handle_errors
-def report(run, out) -> None:
+def report(run, out, seed) -> None:
     """Write a self-contained HTML report of RUN: counts, distributions, contact sheets."""
-    not_built("report", "the dataset report")
+    from ..report import write_report
+
+    page = write_report(run, out, seed=seed)
+    click.echo(str(page))
 
 
 @click.command()
@@ -47,4 +104,14 @@ def report(run, out) -> None:
 @handle_errors
 def export(run, after, out) -> None:
     """Write the faces that survive up to a stage as dataset tables (e.g. to score tracking alone)."""
-    not_built("export", "dataset export")
+    from ..dataset import export_stage
+    from ..errors import ConfigError
+    from ..layout import STAGES, RunDir
+
+    after = after.replace("-", "_")
+    if after not in STAGES or after in ("ingest", "embed"):
+        raise ConfigError(f"--after {after!r}: choose one of track, clean, dedup_overlap")
+    rd = RunDir(run)
+    rd.require(after, "export")
+    counts = export_stage(rd, after, out)
+    click.echo(f"{out}: {counts['videos']} videos, {counts['sequences']} sequences, {counts['faces']} faces")

@@ -35,6 +35,9 @@ class TrainConfig:
         True, "sequences are known not to overlap the identity classes (LSR target 1/C; else 0)"
     )
     # auxiliary losses
+    aux_normalise: bool = option(
+        True, "apply the auxiliary loss to L2-normalised features (false: raw fc5 features)"
+    )
     aux_weight: float = option(0.04, "weight of the auxiliary loss", min=0.0)
     centre_rate: float = option(0.5, "centre update rate", min=0.0)
     dsa_lambda: float = option(0.5, "DSA: weight of the pull term", min=0.0, max=1.0)

@@ -87,18 +87,24 @@ def train_step(
     step: int,
     autocast: contextlib.AbstractContextManager | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    aux_normalise: bool = True,
 ) -> dict[str, float]:
-    """One optimisation step (forward, losses in fp32, backward, update, centre update); the components."""
+    """One optimisation step (forward, losses in fp32, backward, update, centre update); the components.
+
+    With ``aux_normalise`` the auxiliary loss sees L2-normalised features (the space of the normalised
+    chief losses, where DSA's d = ||x - c||^2 / 4 lies in [0, 1]); on raw features its push term, with
+    alpha > 1, rewards growing feature norms without bound and training diverges."""
     with autocast or contextlib.nullcontext():
         features = model(images)
     features = features.float()
     parts = chief(features, labels, step)
     loss = parts["loss"]
-    comps = {f"chief_{k}" if k == "loss" else k: float(v) for k, v in parts.items()}
+    comps = {f"chief_{k}" if k == "loss" else k: float(v.detach()) for k, v in parts.items()}
+    aux_in = torch.nn.functional.normalize(features, dim=1) if aux_normalise else features
     if aux is not None:
-        aux_parts = aux(features, labels, step)
+        aux_parts = aux(aux_in, labels, step)
         loss = loss + aux_parts["loss"]
-        comps.update({f"aux_{k}" if k == "loss" else k: float(v) for k, v in aux_parts.items()})
+        comps.update({f"aux_{k}" if k == "loss" else k: float(v.detach()) for k, v in aux_parts.items()})
     optimiser.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -108,7 +114,7 @@ def train_step(
         loss.backward()
         optimiser.step()
     if aux is not None:
-        aux.update_centres(features.detach(), labels)
+        aux.update_centres(aux_in.detach(), labels)
     comps["loss"] = float(loss.detach())
     return comps
 
@@ -314,7 +320,18 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 if device.startswith("cuda") and cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 labels = labels.to(device, non_blocking=True)
-                comps = train_step(train_model, chief, aux, optimiser, images, labels, step, autocast, scaler)
+                comps = train_step(
+                    train_model,
+                    chief,
+                    aux,
+                    optimiser,
+                    images,
+                    labels,
+                    step,
+                    autocast,
+                    scaler,
+                    cfg.aux_normalise,
+                )
                 step += 1
                 batch_in_epoch += 1
                 seen += len(labels)

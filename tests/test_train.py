@@ -1,0 +1,198 @@
+"""`seqbuild train` end to end on a small final dataset plus identity set; exact resume; checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from test_train_data import make_final_dataset, make_identity_folder
+
+from seqbuild._cli.main import cli
+from seqbuild.config import build
+from seqbuild.errors import ConfigError, InputError
+from seqbuild.train.checkpoint import load_backbone_for_inference, load_checkpoint
+from seqbuild.train.config import TrainConfig
+from seqbuild.train.trainer import lr_at, run_train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traindata")
+    make_identity_folder(root / "src", identities=4, per_identity=8)
+    res = CliRunner().invoke(
+        cli, ["import-identities", str(root / "src"), "--out", str(root / "ids"), "--aligned"]
+    )
+    assert res.exit_code == 0, res.output
+    make_final_dataset(root / "run", sequences=6, per_sequence=5)
+    return root
+
+
+def _cfg(data, out, **kw):
+    base = {
+        "identities": str(data / "ids"),
+        "sequences": [str(data / "run")],
+        "backbone": "tiny",
+        "embedding_dim": 16,
+        "image_size": 36,
+        "crop_size": 32,
+        "batch_size": 8,
+        "workers": 0,
+        "device": "cpu",
+        "epochs": 3,
+        "lr": 0.05,
+        "dsa_p": 0.5,
+        "out": str(out),
+        "tensorboard": False,
+        "log_every": 1,
+        "lr_steps": [3],
+    }
+    base.update(kw)
+    return build(TrainConfig, base)
+
+
+def _state(path):
+    s = load_checkpoint(path)
+    return s
+
+
+def _assert_same(a, b):
+    for part in ("model", "chief", "aux"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    ma = [v["momentum_buffer"] for v in a["optimizer"]["state"].values()]
+    mb = [v["momentum_buffer"] for v in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(ma, mb, strict=True))
+    assert (a["step"], a["epoch"], a["batch_in_epoch"]) == (b["step"], b["epoch"], b["batch_in_epoch"])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data, tmp_path):
+    full = run_train(_cfg(data, tmp_path / "full", max_steps=7), progress=False)
+    assert full["steps"] == 7
+    # interrupted at step 3 (mid-epoch: 4 batches per epoch), resumed with a worker process decoding
+    part = run_train(_cfg(data, tmp_path / "part", max_steps=3), progress=False)
+    assert part["steps"] == 3
+    resumed = run_train(_cfg(data, tmp_path / "part", max_steps=7, workers=1), progress=False)
+    assert resumed["steps"] == 7
+    a, b = _state(tmp_path / "full" / "last.pt"), _state(tmp_path / "part" / "last.pt")
+    _assert_same(a, b)
+    assert not torch.equal(a["aux"]["centres"], torch.zeros_like(a["aux"]["centres"]))  # centres moved
+    # a fresh run (no resume) is not the same as the resumed one after only 3 steps: the test can fail
+    c = _state(tmp_path / "part" / "last.pt")
+    p3 = run_train(_cfg(data, tmp_path / "p3", max_steps=3), progress=False)
+    assert p3["steps"] == 3
+    assert not torch.equal(
+        _state(tmp_path / "p3" / "last.pt")["model"]["fc5.weight"], c["model"]["fc5.weight"]
+    )
+
+
+def test_log_has_every_loss_component_and_checkpoint_is_weights_only(data, tmp_path):
+    run_train(_cfg(data, tmp_path / "o", max_steps=2), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "o" / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for col in ("loss", "chief_loss", "ce_identity", "ce_sequence", "aux_loss", "dsa_pull", "dsa_push", "lr"):
+        assert col in rows[0]
+    assert abs(float(rows[0]["loss"]) - float(rows[0]["chief_loss"]) - float(rows[0]["aux_loss"])) < 1e-4
+    state = torch.load(tmp_path / "o" / "last.pt", weights_only=True)
+    assert state["num_identities"] == 4 and state["num_sequences"] == 6
+    model = load_backbone_for_inference(tmp_path / "o" / "last.pt", "cpu")
+    feats = model(torch.zeros(3, 3, 32, 32))
+    assert feats.shape == (3, 16) and not model.training
+
+
+@pytest.mark.parametrize(
+    "chief,aux", [("softmax", ""), ("l2_sphereface", "center"), ("arcface", "margin"), ("cosface", "dsa")]
+)
+def test_other_losses_train(data, tmp_path, chief, aux):
+    out = run_train(_cfg(data, tmp_path / "o", max_steps=2, chief_loss=chief, aux_loss=aux), progress=False)
+    assert out["steps"] == 2 and out["final_loss"] == out["final_loss"]  # finite, not NaN
+
+
+def test_resume_refuses_other_data(data, tmp_path):
+    run_train(_cfg(data, tmp_path / "o", max_steps=1), progress=False)
+    with pytest.raises(InputError, match="6 sequences"):
+        run_train(_cfg(data, tmp_path / "o", max_steps=2, sequences=[]), progress=False)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="out"):
+        run_train(build(TrainConfig, {"identities": "x"}))
+    with pytest.raises(ConfigError, match="unknown"):
+        build(TrainConfig, {"nope": 1})
+
+
+def test_lr_schedule():
+    assert lr_at(0, 0.1, [10, 20], 0.1) == 0.1
+    assert lr_at(10, 0.1, [10, 20], 0.1) == pytest.approx(0.01)
+    assert lr_at(25, 0.1, [10, 20], 0.1) == pytest.approx(0.001)
+
+
+def test_cli_train_then_eval_on_pairs(data, tmp_path):
+    out = tmp_path / "ckpt"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--identities",
+            str(data / "ids"),
+            "--sequences",
+            str(data / "run"),
+            "--out",
+            str(out),
+            "--backbone",
+            "tiny",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--set",
+            "train.image_size=36",
+            "--set",
+            "train.crop_size=32",
+            "--set",
+            "train.embedding_dim=16",
+            "--set",
+            "train.tensorboard=false",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{") :])["steps"] == 3
+    assert (out / "config.toml").exists() and (out / "last.pt").exists()
+    # LFW-style pairs over the identity photos
+    src = data / "src"
+    lines = ["10\t2"]
+    for k in range(4):
+        lines += [f"person_{k}\t{i}\t{i + 1}" for i in (1, 3, 5)]
+        lines += [f"person_{k}\t{i}\tperson_{(k + 1) % 4}\t{i}" for i in (1, 2, 3)]
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(out / "last.pt"),
+            "--pairs",
+            str(tmp_path / "pairs.txt"),
+            "--images",
+            str(src),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "24 pairs" in res.output and "10-fold accuracy" in res.output
+    r = json.loads((tmp_path / "r.json").read_text())["pairs.txt"]
+    assert r["positives"] == 12 and 0.0 <= r["kfold_accuracy"] <= 1.0
+
+
+def test_cli_eval_missing_model_is_one_line(tmp_path):
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "none.pt"), "--device", "cpu"])
+    assert res.exit_code != 0 and "none.pt" in res.output and "Traceback" not in res.output

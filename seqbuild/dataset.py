@@ -16,7 +16,11 @@ def faces_for_shard(run: RunDir, stage: str, shard: str) -> pa.Table:
     """The FACES rows of one video that survive ``stage`` (detections joined with its assignments)."""
     det = read_table(run.ingest.table_path("detections", shard), DETECTIONS)
     assign = read_table(run.stage(stage).table_path("assignments", shard), ASSIGNMENTS)
-    joined = det.join(assign.select(["face_id", "seq_id"]), keys="face_id", join_type="inner")
+    # Join on the keys only (Arrow joins cannot carry fixed-size-list columns such as landmarks), then
+    # take the matching detection rows.
+    keys = pa.table({"face_id": det.column("face_id"), "_row": pa.array(range(det.num_rows), pa.int64())})
+    matched = keys.join(assign.select(["face_id", "seq_id"]), keys="face_id", join_type="inner")
+    joined = det.take(matched.column("_row")).append_column("seq_id", matched.column("seq_id"))
     order = pc.sort_indices(joined, sort_keys=[("seq_id", "ascending"), ("frame_idx", "ascending")])
     return joined.take(order).select(FACES.names).cast(FACES)
 

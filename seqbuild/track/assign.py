@@ -78,12 +78,22 @@ def gated_cost(
     gates: Gates,
     mahalanobis: np.ndarray | None = None,
     shift: np.ndarray | None = None,
+    last: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Cost (1 - IoU + landmark shift) of each (track, detection) pair, GATED where infeasible."""
+    """Cost (1 - IoU + landmark shift) of each (track, detection) pair, GATED where infeasible.
+
+    With ``last`` (each track's last detected box), IoU and size are also compared with it and the
+    closer of the two counts: a head that bobs between detector passes defeats any motion model, yet
+    a face that stays where it was last seen is plainly the same track.
+    """
     iou = iou_matrix(predicted, detected)
+    jump = scale_jump(predicted, detected)
+    if last is not None:
+        iou = np.maximum(iou, iou_matrix(last, detected))
+        jump = np.minimum(jump, scale_jump(last, detected))
     shift = np.zeros_like(iou) if shift is None else np.asarray(shift, dtype=np.float64)
     cost = 1.0 - iou + shift
-    feasible = (iou >= gates.min_iou) & (scale_jump(predicted, detected) <= gates.max_scale_jump)
+    feasible = (iou >= gates.min_iou) & (jump <= gates.max_scale_jump)
     feasible &= shift <= gates.max_landmark_shift
     if mahalanobis is not None:
         feasible &= np.asarray(mahalanobis) <= gates.max_mahalanobis

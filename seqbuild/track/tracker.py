@@ -149,7 +149,8 @@ class KalmanTracker(Tracker):
                 shift = None
                 if norm_lm is not None:
                     shift = landmark_shift(np.stack([tr.landmarks for tr in live]), norm_lm[idx])
-                cost = gated_cost(predicted, det, self.gates, mahalanobis=maha, shift=shift)
+                last = np.stack([tr.last_box for tr in live])
+                cost = gated_cost(predicted, det, self.gates, mahalanobis=maha, shift=shift, last=last)
                 matches = assign(cost)
                 doubtful = ambiguous_tracks(cost, matches, self.margin)
                 for t in sorted(doubtful):

@@ -252,22 +252,31 @@ def dedup_video(job: VideoJob) -> dict[str, Any]:
     if not emb_path.exists():
         raise InputError(f"{emb_path}: no embeddings for video {shard}; run `seqbuild embed` first")
     emb = read_table(emb_path, columns=["face_id", "embedding"])
-    joined = assign.join(emb, keys="face_id", join_type="left outer")
-    has_vec = pc.invert(pc.is_null(joined.column("embedding")))
-    missing = joined.num_rows - pc.sum(has_vec).as_py() if joined.num_rows else 0
+    dim = galleries[0][0].dim
+    # Arrow cannot join on fixed-size-list columns: look the kept faces up by position instead.
+    row_of = {f: i for i, f in enumerate(emb.column("face_id").to_pylist())}
+    all_faces = assign.column("face_id").to_pylist()
+    all_seqs = assign.column("seq_id").to_pylist()
+    rows = [(f, s, row_of.get(f)) for f, s in zip(all_faces, all_seqs, strict=True)]
+    missing = sum(1 for _, _, r in rows if r is None)
     if missing:
         log.warning(
             "%s: %d kept faces have no embedding and are checked through their sequence only", shard, missing
         )
-    with_vec = joined.filter(has_vec)
-    face_ids = with_vec.column("face_id").to_pylist()
-    face_seqs = with_vec.column("seq_id").to_pylist()
-    dim = galleries[0][0].dim
-    vectors = (
-        np.asarray(with_vec.column("embedding").to_pylist(), dtype=np.float32).reshape(-1, dim)
-        if with_vec.num_rows
-        else np.zeros((0, dim), np.float32)
-    )
+    rows = [(f, s, r) for f, s, r in rows if r is not None]
+    face_ids = [f for f, _, _ in rows]
+    face_seqs = [s for _, s, _ in rows]
+    flat = emb.column("embedding").combine_chunks()
+    if rows:
+        width = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else len(flat[0].as_py())
+        if width != dim:
+            raise InputError(
+                f"{emb_path}: {width}-d embeddings, but gallery {galleries[0][0].name} is {dim}-d"
+            )
+        values = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        vectors = np.ascontiguousarray(values[[r for _, _, r in rows]], dtype=np.float32)
+    else:
+        vectors = np.zeros((0, dim), np.float32)
 
     seq_keys, centres = sequence_centres(face_seqs, vectors)
     seq_match = dict(zip(seq_keys, best_matches(centres, galleries, job.index, job.nprobe), strict=True))

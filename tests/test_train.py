@@ -196,3 +196,16 @@ def test_cli_train_then_eval_on_pairs(data, tmp_path):
 def test_cli_eval_missing_model_is_one_line(tmp_path):
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "none.pt"), "--device", "cpu"])
     assert res.exit_code != 0 and "none.pt" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("name,blocks", [("resnet27", [1, 2, 5, 3]), ("resnet64", [3, 8, 16, 3])])
+def test_backbones_shapes_and_depth(name, blocks):
+    from seqbuild.train.backbones import ResidualBlock, create_backbone
+
+    model = create_backbone(name).eval()
+    assert sum(isinstance(m, ResidualBlock) for m in model.modules()) == sum(blocks)
+    widths = [m.body[0][0].out_channels for m in model.modules() if isinstance(m, ResidualBlock)]
+    expect = [w for w, n in zip([64, 128, 256, 512], blocks, strict=True) for _ in range(n)]
+    assert widths == expect
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 512)

@@ -180,13 +180,16 @@ def _sizes(model: nn.Module) -> dict[str, int]:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Accepts only what a verification .bin holds: bytes, lists, tuples and numpy bool arrays."""
+    """Accepts only what a verification .bin holds: bytes, lists, tuples and numpy arrays (checked to be
+    boolean afterwards); any other global (os.system, builtins.eval, ...) is refused before it is called."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Python 3 pickles of protocol < 3 store bytes as _codecs.encode(text, "latin1"): harmless
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> Any:

@@ -71,11 +71,11 @@ def demo(run, sets, executor, progress, log_level) -> None:
         click.echo(f"not built yet: {', '.join(missing)} (the stages before it ran; nothing after it)")
     if any(r.failures for r in results):
         sys.exit(1)
-    if (Path(run) / "dataset" / "faces").is_dir():
+    if any(r.status == "ran" or r.status == "skipped" for r in results if r.stage == "ingest"):
         from ..report import write_report
 
-        page = write_report(run)
-        click.echo(f"report: {page}")
+        click.echo(f"report: {write_report(run)}")
+    if (Path(run) / "dataset" / "faces").is_dir():
         click.echo(
             f"score: python ../shared/tools/score_sequences.py {made.ground_truth} {Path(run) / 'dataset'}"
             " --gallery grace_hopper"

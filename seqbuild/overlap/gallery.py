@@ -347,15 +347,29 @@ def embed_items(
 # --------------------------------------------------------------------------- building
 
 
+def model_id(embedder: Any) -> str:
+    """``name:weights-file-name``, as the embed stage writes in its ``model`` column."""
+    weights = Path(str(getattr(embedder, "weights", "") or "")).name
+    return f"{embedder.name}:{weights}" if weights else str(embedder.name)
+
+
+def same_model(a: str, b: str) -> bool:
+    """True when two model ids name the same embedder (and the same weights, where both say which)."""
+    name_a, _, weights_a = a.partition(":")
+    name_b, _, weights_b = b.partition(":")
+    return name_a == name_b and (not weights_a or not weights_b or weights_a == weights_b)
+
+
 def default_threshold(model: str, embedder: Any | None = None) -> float:
     """The default centre-to-centre threshold of an embedder (see :data:`CENTRE_THRESHOLDS`)."""
-    if model in CENTRE_THRESHOLDS:
-        return CENTRE_THRESHOLDS[model]
+    name = model.partition(":")[0]
+    if name in CENTRE_THRESHOLDS:
+        return CENTRE_THRESHOLDS[name]
     if embedder is not None and getattr(embedder, "same_identity_threshold", None) is not None:
         return float(embedder.same_identity_threshold)
     from ..embed.models import create_embedder
 
-    return float(create_embedder(model, weights="", device="cpu").same_identity_threshold)
+    return float(create_embedder(name, weights="", device="cpu").same_identity_threshold)
 
 
 def build_options(cfg: OverlapConfig, model: str) -> dict[str, Any]:
@@ -422,7 +436,11 @@ def build_gallery(
     out = Path(out)
     src_path = Path(src)
     kind, items = iter_source(src_path, identities)
-    model = cfg.model or (getattr(embedder, "name", None) if embedder is not None else None) or "facenet"
+    model = (
+        cfg.model.partition(":")[0]
+        or (getattr(embedder, "name", None) if embedder is not None else None)
+        or "facenet"
+    )
     photos = None
     if kind in ("folder", "rec"):
         if embedder is None:
@@ -441,6 +459,7 @@ def build_gallery(
             )
         photos = PhotoEmbedder(embedder, detector, cfg.dominant_ratio, cfg.prealigned)
         dim = int(embedder.dim)
+        model = model_id(embedder)
         threshold = default_threshold(model, embedder)
     else:
         first = next(items, None)
@@ -448,6 +467,7 @@ def build_gallery(
             raise InputError(f"{src_path}: no features found")
         dim = int(first.vector.shape[0])
         items = _prepend(first, items)
+        model = cfg.model or model
         threshold = default_threshold(model, embedder)
 
     options = build_options(cfg, model)

@@ -30,7 +30,7 @@ from ..layout import RunDir
 from ..schema import ASSIGNMENTS, DETECTIONS, FACES, REMOVALS, SEQUENCES
 from ..storage import ShardStore, read_table, read_tables, write_table
 from .config import OverlapConfig
-from .gallery import Gallery, build_gallery, is_gallery, load_gallery, source_fingerprint
+from .gallery import Gallery, build_gallery, is_gallery, load_gallery, same_model, source_fingerprint
 from .search import normalise, search
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def resolve_galleries(
             gname = name or (
                 src.parent.name if src.name in ("train.rec",) else src.stem if src.is_file() else src.name
             )
-            build_cfg = OverlapConfig(**{**to_dict(cfg), "model": cfg.model or model})
+            build_cfg = OverlapConfig(**{**to_dict(cfg), "model": cfg.model or model.partition(":")[0]})
             key = config_hash(
                 {
                     "fp": source_fingerprint(src),
@@ -125,7 +125,7 @@ def resolve_galleries(
                 log.info("building gallery %s from %s into %s", gname, src, cache)
                 build_gallery(src, cache, build_cfg, name=gname, progress=progress)
             gallery = load_gallery(cache, gname)
-        if model and gallery.embedder != model:
+        if model and not same_model(gallery.embedder, model):
             raise InputError(
                 f"{gallery.path}: gallery built with embedder {gallery.embedder!r}, but {run.root} was embedded"
                 f" with {model!r}; rebuild it with --model {model}"

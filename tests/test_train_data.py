@@ -177,3 +177,35 @@ def test_face_images_augmentation_is_seeded_and_test_time_is_centre_crop(tmp_pat
     t2, _ = ds[(5, -1)]
     assert torch.equal(t1, t2)
     assert float(t1.min()) >= -127.5 / 128 and float(t1.max()) <= 127.5 / 128
+
+
+def test_import_identities_detects_and_aligns_real_photos(tmp_path, media):
+    """Unaligned photos go through the ingest detector and aligner into 144x144 crops."""
+    import cv2
+
+    from seqbuild.imaging import read_image
+
+    gallery = media / "gallery"
+    names = sorted(p.name for p in gallery.iterdir() if p.is_dir())[:2]
+    for name in names:
+        photo = sorted((gallery / name).iterdir())[0]
+        rgb = read_image(str(photo))
+        scale = 400 / max(rgb.shape[:2])
+        small = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)))
+        (tmp_path / "src" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "src" / name / "1.jpg"), small[..., ::-1])
+    (tmp_path / "src" / names[0] / "blank.jpg").write_bytes(
+        encode_jpeg(np.full((200, 200, 3), 128, np.uint8))
+    )
+    res = CliRunner().invoke(
+        cli, ["import-identities", str(tmp_path / "src"), "--out", str(tmp_path / "ids"), "--device", "cpu"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"identities": 2, "images": 2, "skipped": 1}
+    skipped = json.loads((tmp_path / "ids" / "skipped.json").read_text())
+    assert skipped[0]["reason"] == "no_face"
+    ids = read_identities(tmp_path / "ids")
+    from seqbuild.imaging import decode_jpeg
+
+    crop = decode_jpeg(ids.images[0].as_py())
+    assert crop.shape == (144, 144, 3)

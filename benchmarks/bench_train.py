@@ -1,0 +1,130 @@
+"""Training throughput: resnet27 at 128x128, batch 128, SeqFace step (LSR + DSA) vs a plain softmax step,
+and whether the JPEG data loader keeps up with the step.
+
+Run: ``make bench-train`` (``.venv/bin/python -m benchmarks.bench_train [--iters 3] [--device auto]``).
+On CUDA the step runs with bf16 autocast and channels_last, as the trainer does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from seqbuild.config import build
+from seqbuild.devices import resolve_device
+from seqbuild.imaging import encode_jpeg
+from seqbuild.train.backbones import create_backbone
+from seqbuild.train.config import TrainConfig
+from seqbuild.train.data import FaceImages, LabelledImages, MixedBatchSampler, make_loader
+from seqbuild.train.trainer import build_losses, train_step
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def step_rate(
+    chief: str, aux: str, device: str, batch: int, iters: int, identities: int, sequences: int
+) -> float:
+    """Images per second of full training steps (forward, losses, backward, SGD, centre update)."""
+    torch.manual_seed(0)
+    cfg = build(TrainConfig, {"chief_loss": chief, "aux_loss": aux})
+    model = create_backbone("resnet27").to(device)
+    chief_m, aux_m = build_losses(cfg, identities, sequences, 512)
+    chief_m.to(device)
+    if aux_m is not None:
+        aux_m.to(device)
+    autocast = None
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    opt = torch.optim.SGD(list(model.parameters()) + list(chief_m.parameters()), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 128, 128, device=device)
+    if device.startswith("cuda"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    half = batch // 2
+    y = torch.cat(
+        [torch.randint(0, identities, (half,)), identities + torch.randint(0, sequences, (batch - half,))]
+    )
+    y = y.to(device)
+    train_step(model, chief_m, aux_m, opt, x, y, 0, autocast)  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(iters):
+        train_step(model, chief_m, aux_m, opt, x, y, i + 1, autocast)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return batch * iters / (time.perf_counter() - t0)
+
+
+def loader_rate(batch: int, workers: int, n_images: int = 512, batches: int = 4) -> float:
+    """Images per second delivered by the training loader (JPEG decode, random crop, flip, normalise)."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (144, 144, 3), dtype=np.uint8)
+    jpegs = []
+    for k in range(64):  # 64 distinct crops, repeated: decode cost is what matters
+        img = np.clip(base.astype(np.int16) + rng.integers(-30, 30, (144, 144, 3)), 0, 255).astype(np.uint8)
+        img = (img // 2 + np.roll(img, k, axis=1) // 2).astype(np.uint8)
+        jpegs.append(encode_jpeg(img))
+    import pyarrow as pa
+
+    imgs = pa.array([jpegs[i % 64] for i in range(n_images)], pa.binary())
+    labels = np.arange(n_images) % 100
+    half = n_images // 2
+    ids = LabelledImages(imgs.slice(0, half), labels[:half], [str(i) for i in range(100)])
+    seqs = LabelledImages(imgs.slice(half), labels[half:], [str(i) for i in range(100)])
+    ds = FaceImages(ids, seqs, 144, 128)
+    sampler = MixedBatchSampler(half, n_images - half, batch, 0.5, seed=0)
+    t0, seen = None, 0
+    for i, (x, _) in enumerate(make_loader(ds, sampler, workers)):
+        if i == 0:
+            t0 = time.perf_counter()  # exclude worker start-up
+            continue
+        seen += len(x)
+        if i >= batches:
+            break
+    return seen / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    """Measure and print the figures."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+    )
+    print(f"load average before: {_load()}")
+    ids, seqs = 10_000, 10_000
+    seqface = step_rate("lsr_sphereface", "dsa", device, args.batch, args.iters, ids, seqs)
+    softmax = step_rate("softmax", "", device, args.batch, args.iters, ids, seqs)
+    print(
+        f"resnet27 128x128 batch {args.batch}, {args.iters} timed steps, {ids} identities + {seqs} sequences:"
+    )
+    print(f"  SeqFace step (LSR + DSA):  {seqface:8.2f} images/s")
+    print(
+        f"  softmax step (baseline):   {softmax:8.2f} images/s   ratio SeqFace/softmax {seqface / softmax:.3f}"
+    )
+    for workers in (0, 2):
+        rate = loader_rate(args.batch, workers)
+        verdict = "keeps up" if rate >= seqface else "is the bottleneck"
+        print(
+            f"  loader, {workers} workers:       {rate:8.2f} images/s   ({rate / seqface:.1f}x the step: {verdict})"
+        )
+    print(f"load average after: {_load()}")
+    if not device.startswith("cuda"):
+        print("GPU path (bf16 autocast, channels_last, GPU decode) not measured: no CUDA device here.")
+
+
+if __name__ == "__main__":
+    main()

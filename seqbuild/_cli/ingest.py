@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import click
 
-from .common import config_options, flags_layer, handle_errors, load_config, log_level_option, not_built
+from .common import (
+    config_options,
+    flags_layer,
+    handle_errors,
+    load_config,
+    log_level_option,
+    save_run_config,
+    start_logging,
+)
 
 
 @click.command()
@@ -20,10 +31,26 @@ from .common import config_options, flags_layer, handle_errors, load_config, log
 @click.option("--retry-failed", is_flag=True, default=None, help="Re-run only failed sources.")
 @click.option("--duration", type=float, default=None, help="Live streams: seconds to read.")
 @click.option("--segment-seconds", type=float, default=None, help="Live streams: segment length.")
+@click.option("--no-progress", is_flag=True, default=False, help="No progress bars.")
 @config_options
 @log_level_option
 @handle_errors
-def ingest(inputs, run, config_path, sets, log_level, **flags) -> None:
-    """Decode videos/streams, find shots, detect faces (MTCNN) and align them to 144x144 crops."""
-    load_config(config_path, sets, flags_layer("ingest", **flags))
-    not_built("ingest", "decoding, shots, detection and alignment")
+def ingest(inputs, run, config_path, sets, log_level, no_progress, **flags) -> None:
+    """Decode videos/streams, find shots, detect faces (MTCNN) and align them to 144x144 crops.
+
+    INPUTS are video files, folders of videos, .txt lists of paths/URLs, or stream URLs.
+    """
+    from ..ingest.stage import run_ingest
+
+    if inputs:
+        flags["inputs"] = list(inputs)
+    pipeline = load_config(config_path, sets, flags_layer("ingest", **flags))
+    start_logging(log_level, run)
+    summary = run_ingest(run, pipeline["ingest"], progress=not no_progress)
+    save_run_config(pipeline, run)
+    click.echo(json.dumps(summary, indent=1))
+    if summary["failed"]:
+        click.echo(
+            f"error: {summary['failed']} of {summary['sources']} input(s) failed (see above)", err=True
+        )
+        sys.exit(1)

@@ -25,7 +25,13 @@ class IngestConfig:
     batch_size: int = option(16, "frames per detector batch", min=1)
     crop_size: int = option(144, "side of the aligned square crop", min=32)
     jpeg_quality: int = option(95, "JPEG quality of stored crops", min=10, max=100)
-    cut_threshold: float = option(0.35, "shot-cut detector threshold", min=0.0)
+    shot_detector: str = option("hsv", "shot-cut detector, by registry name")
+    cut_threshold: float = option(
+        0.25,
+        "HSV-histogram distance (0..1) that makes a cut, in one step or over a dissolve",
+        min=0.0,
+        max=1.0,
+    )
     workers: int = option(1, "videos processed in parallel", min=1)
     retry_failed: bool = option(False, "re-run only the sources that failed before")
     duration: float = option(

@@ -118,7 +118,7 @@ class MTCNNDetector(FaceDetector):
         return out
 
     def _detect_same_size(self, frames: list[np.ndarray], h: int, w: int) -> list[list[Face]]:
-        from facenet_pytorch.models.utils.detect_face import detect_face
+        from .mtcnn import detect_faces_batch
 
         scale = downscale_factor(h, w, self.max_side)
         if scale < 1.0:
@@ -129,7 +129,7 @@ class MTCNNDetector(FaceDetector):
         # 12 pixels MTCNN would upsample, which finds nothing it can align well.
         minsize = max(float(PNET_WINDOW), self.min_face * scale)
         with self._lock, self._torch.inference_mode():
-            boxes, points = detect_face(
+            boxes, points = detect_faces_batch(
                 batch,
                 minsize,
                 self._model.pnet,

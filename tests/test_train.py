@@ -247,3 +247,15 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     assert torch.load(tmp_path / "rank0.pt")["steps"] == 2 and torch.load(tmp_path / "rank1.pt")["steps"] == 2
     state = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert state["step"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+
+def test_stage_entry_uses_the_run_dataset(data, tmp_path):
+    import shutil
+
+    from seqbuild.train.stage import run_train_stage
+
+    run = tmp_path / "run"
+    shutil.copytree(data / "run", run)
+    cfg = _cfg(data, "", sequences=[], max_steps=1)
+    out = run_train_stage(run, cfg, progress=False)
+    assert out["sequences"] == 6 and (run / "train" / "last.pt").exists()

@@ -1,0 +1,266 @@
+"""Benchmark `seqbuild track`: sequence quality on dev_broadcast and crowd_walk, Kalman vs greedy IoU.
+
+Both trackers run in this process on the same ingest output. On dev_broadcast the figures come from
+the shared scorer (``score_sequences.py``); on crowd_walk (a crowd walking towards the camera, no
+ground truth) we count sequences and the consecutive boxes of a sequence that neither overlap nor
+stay within one face size of each other (a box that jumps to another person).
+
+Usage: python -m benchmarks.bench_track [--run RUN] [--media DIR] [--write-doc]
+Without --run, ingest runs first (default ingest config) into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from seqbuild.dataset import export_stage, faces_for_shard
+from seqbuild.layout import RunDir
+from seqbuild.schema import DETECTIONS, VIDEOS
+from seqbuild.storage import read_table, write_table
+from seqbuild.track.assign import iou_matrix
+from seqbuild.track.config import TrackConfig
+from seqbuild.track.stage import run_track
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+TRACKERS = ("kalman", "greedy_iou")
+
+
+def media_dir(arg: str | None) -> Path:
+    """The shared media folder (argument, SEQBUILD_MEDIA, or ../shared/media)."""
+    path = Path(arg or os.environ.get("SEQBUILD_MEDIA") or REPO.parent / "shared" / "media")
+    if not path.is_dir():
+        sys.exit(f"error: media folder {path} not found (pass --media or set SEQBUILD_MEDIA)")
+    return path
+
+
+def ingest(run: Path, inputs: list[Path]) -> float:
+    """Run ingest with its defaults; return the wall time."""
+    from seqbuild.ingest.config import IngestConfig
+    from seqbuild.ingest.stage import run_ingest
+
+    start = time.perf_counter()
+    summary = run_ingest(run, IngestConfig(inputs=[str(p) for p in inputs]), progress=True)
+    print("ingest:", summary, file=sys.stderr)
+    return time.perf_counter() - start
+
+
+def video_ids(run: RunDir) -> dict[str, str]:
+    """video_id -> source file name, from ingest's videos table."""
+    out = {}
+    for shard in run.ingest.done_shards():
+        path = run.ingest.table_path("videos", shard)
+        if path.exists():
+            for row in read_table(path, VIDEOS).to_pylist():
+                out[row["video_id"]] = Path(row["source"]).name
+    return out
+
+
+def box_jumps(faces) -> tuple[int, int]:
+    """Consecutive box pairs of a sequence that neither overlap nor stay within one face size; all pairs."""
+    df = faces.select(["seq_id", "frame_idx", "x1", "y1", "x2", "y2"]).to_pandas()
+    jumps = pairs = 0
+    for _, seq in df.sort_values(["seq_id", "frame_idx"]).groupby("seq_id"):
+        boxes = seq[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
+        for a, b in zip(boxes[:-1], boxes[1:], strict=True):
+            pairs += 1
+            size = np.sqrt((a[2] - a[0]) * (a[3] - a[1]))
+            move = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
+            if iou_matrix(a[None], b[None])[0, 0] == 0 and move > size:
+                jumps += 1
+    return jumps, pairs
+
+
+def score(media: Path, out: Path) -> dict:
+    """The shared scorer's figures for dev_broadcast."""
+    tool = media.parent / "tools" / "score_sequences.py"
+    gt = media / "dev_broadcast.gt.json"
+    res = subprocess.run(
+        [sys.executable, str(tool), str(gt), str(out)], check=True, capture_output=True, text=True
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def gt_shot_run(src: RunDir, media: Path, dst: Path) -> Path | None:
+    """A run whose dev_broadcast detections carry the ground-truth shot of their frame (a diagnostic).
+
+    It separates the tracker from the cut detector: any impurity left is the tracker's own.
+    """
+    gt = json.loads((media / "dev_broadcast.gt.json").read_text())
+    names = video_ids(src)
+    out = RunDir(dst)
+    for shard, name in names.items():
+        if name != gt["video"]:
+            continue
+        det = read_table(src.ingest.table_path("detections", shard), DETECTIONS)
+        frames = det.column("frame_idx").to_numpy()
+        shots = [next(s["index"] for s in gt["shots"] if s["start"] <= f < s["end"]) for f in frames]
+        det = det.set_column(det.schema.get_field_index("shot_id"), "shot_id", pa.array(shots, pa.int32()))
+        write_table(out.ingest.table_path("detections", shard), det, DETECTIONS, "detections", "gt-shots")
+        out.ingest.mark_done(shard, "gt-shots")
+        return dst
+    return None
+
+
+def bench(run: Path, media: Path, work: Path) -> dict:
+    """Track ``run``'s ingest output with each tracker and measure it."""
+    src = RunDir(run)
+    names = video_ids(src)
+    results = {}
+    for name in TRACKERS:
+        tr_run = work / name
+        tr_run.mkdir(parents=True, exist_ok=True)
+        link = tr_run / "ingest"
+        if not link.exists():
+            link.symlink_to(src.root.resolve() / "ingest", target_is_directory=True)
+        rd = RunDir(tr_run)
+        gt_run = gt_shot_run(src, media, work / f"{name}-gt-shots")
+        for shard in rd.track.done_shards():
+            rd.track.clear(shard)
+        start = time.perf_counter()
+        summary = run_track(tr_run, TrackConfig(tracker=name), progress=False)
+        seconds = time.perf_counter() - start
+        out = work / f"{name}-export"
+        export_stage(rd, "track", out)
+        row = {"seconds": seconds, "summary": summary, "dev_broadcast": score(media, out)}
+        if gt_run is not None:
+            run_track(gt_run, TrackConfig(tracker=name), progress=False)
+            export_stage(RunDir(gt_run), "track", work / f"{name}-gt-export")
+            row["dev_broadcast_gt_shots"] = score(media, work / f"{name}-gt-export")
+        for shard in rd.track.done_shards():
+            if names.get(shard, "").startswith("crowd_walk"):
+                faces = faces_for_shard(rd, "track", shard)
+                jumps, pairs = box_jumps(faces)
+                seqs = len(set(faces.column("seq_id").to_pylist()))
+                row["crowd_walk"] = {
+                    "sequences": seqs,
+                    "faces": faces.num_rows,
+                    "jumps": jumps,
+                    "pairs": pairs,
+                }
+        results[name] = row
+    return results
+
+
+def markdown(results: dict, command: str, ingest_seconds: float | None) -> str:
+    """The docs/benchmarks.md block."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        "## Track",
+        "",
+        f"Command: `{command}` (ingest with its defaults: MTCNN every 5th frame, min_face 60, max_side 1280).",
+        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU; load average at the end: {load} "
+        "(the machine is shared, so times are noisy; quality figures are not).",
+        "",
+        "dev_broadcast.mp4 (45 s, 1280x720), scored by `score_sequences.py`:",
+        "",
+        "| tracker | sequences | seq_purity | face_purity | cut_crossing | recall | fragmentation | faces |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in results.items():
+        d = row["dev_broadcast"]
+        lines.append(
+            f"| {name} | {d['sequences']} | {d['seq_purity']} | {d['face_purity']} | {d['cut_crossing']} "
+            f"| {d['recall']} | {d['fragmentation']} | {d['faces']} |"
+        )
+    if any("dev_broadcast_gt_shots" in r for r in results.values()):
+        lines += [
+            "",
+            "Diagnostic, same detections with `shot_id` replaced by the ground-truth shot of each frame "
+            "(separates the tracker from where the cut detector places cuts):",
+            "",
+            "| tracker | sequences | seq_purity | face_purity | cut_crossing | recall | fragmentation | faces |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, row in results.items():
+            d = row.get("dev_broadcast_gt_shots")
+            if d:
+                lines.append(
+                    f"| {name} | {d['sequences']} | {d['seq_purity']} | {d['face_purity']} | {d['cut_crossing']} "
+                    f"| {d['recall']} | {d['fragmentation']} | {d['faces']} |"
+                )
+    if any("crowd_walk" in r for r in results.values()):
+        lines += [
+            "",
+            "crowd_walk.mp4 (4 s, 1920x1080, a crowd walking towards the camera): sequences kept, and consecutive "
+            "boxes of a sequence that neither overlap nor stay within one face size (a jump to another person):",
+            "",
+            "| tracker | sequences | faces | jumps / consecutive pairs |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, row in results.items():
+            c = row.get("crowd_walk")
+            if c:
+                lines.append(f"| {name} | {c['sequences']} | {c['faces']} | {c['jumps']} / {c['pairs']} |")
+    base = results["greedy_iou"]
+    kal = results["kalman"]
+    faces_in = kal["summary"]["faces"] + kal["summary"]["removed_faces"]
+    lines += [
+        "",
+        f"Speed (track stage only, both videos, {faces_in} detections, same process): kalman "
+        f"{kal['seconds']:.2f} s, greedy_iou {base['seconds']:.2f} s "
+        f"(kalman/greedy time ratio {kal['seconds'] / max(base['seconds'], 1e-9):.1f}x).",
+    ]
+    if ingest_seconds is not None:
+        lines.append(
+            f"Ingest of both videos beforehand took {ingest_seconds:.0f} s (not part of the track figures)."
+        )
+    return "\n".join(lines)
+
+
+def write_doc(block: str) -> None:
+    """Replace the track block of docs/benchmarks.md."""
+    text = DOC.read_text()
+    new = re.sub(
+        r"<!-- track:start -->.*?<!-- track:end -->",
+        lambda _: f"<!-- track:start -->\n{block}\n<!-- track:end -->",
+        text,
+        flags=re.S,
+    )
+    DOC.write_text(new)
+
+
+def main() -> None:
+    """Parse arguments, ingest if needed, benchmark, print (and optionally write) the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="run directory with ingest output of dev_broadcast (and crowd_walk)")
+    ap.add_argument("--media", help="shared media folder")
+    ap.add_argument("--write-doc", action="store_true", help="replace the track block of docs/benchmarks.md")
+    args = ap.parse_args()
+    media = media_dir(args.media)
+    with tempfile.TemporaryDirectory(prefix="bench-track-") as tmp:
+        work = Path(tmp)
+        ingest_seconds = None
+        run = Path(args.run) if args.run else work / "run"
+        if not args.run:
+            ingest_seconds = ingest(run, [media / "dev_broadcast.mp4", media / "clips" / "crowd_walk.mp4"])
+        results = bench(run, media, work)
+    print(
+        json.dumps(
+            {
+                k: {**v, "summary": {**v["summary"], "errors": len(v["summary"]["errors"])}}
+                for k, v in results.items()
+            },
+            indent=1,
+        )
+    )
+    block = markdown(results, "make bench-track", ingest_seconds)
+    print(block)
+    if args.write_doc:
+        write_doc(block)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""The ingest stage on synthetic videos: tables and ids, shots, bad inputs, resume after kill -9, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from seqbuild.config import build
+from seqbuild.ingest.config import IngestConfig
+from seqbuild.ingest.stage import expand_inputs, run_ingest, source_id
+from seqbuild.layout import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _face_patch(size: int) -> np.ndarray:
+    import cv2
+    from skimage import data
+
+    face = data.astronaut()[20:220, 125:325]  # her head, about 100 px of face in 200 px
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def make_video(
+    path: Path, frames: int = 50, cut_at: int | None = 25, fps: int = 25, size=(320, 240), faststart=False
+) -> Path:
+    """A small H.264 video: a face drifting over a flat background; at ``cut_at`` a hard cut to another
+    background with the face elsewhere."""
+    w, h = size
+    patch = _face_patch(150)
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            second = cut_at is not None and i >= cut_at
+            img = np.full((h, w, 3), (40, 120, 200) if second else (200, 190, 60), np.uint8)
+            x = (150 if second else 20) + (i % 10)
+            img[40:190, x : x + 150] = patch[:, ::-1] if second else patch
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def cfg_for(inputs, **kw) -> IngestConfig:
+    base = {"inputs": [str(i) for i in inputs], "device": "cpu", "detect_every": 5, "min_face": 40}
+    base.update(kw)
+    return build(IngestConfig, base)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("media") / "clip.mp4")
+
+
+def read(run: Path, table: str) -> pd.DataFrame:
+    files = sorted((run / "ingest" / table).glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def test_ingest_writes_the_contract_tables(tmp_path, clip):
+    summary = run_ingest(tmp_path, cfg_for([clip]), progress=False)
+    vid = source_id(str(clip))
+    assert summary["ok"] == 1 and summary["failed"] == 0 and summary["frames"] == 50
+    for table in ("videos", "shots", "detections"):
+        assert (tmp_path / "ingest" / table / f"{vid}.parquet").exists()
+    assert RunDir(tmp_path).ingest.is_done(vid)
+    videos = read(tmp_path, "videos")
+    row = videos.iloc[0]
+    assert row.status == "ok" and row.kind == "file" and row.frames_read == 50 and row.fps == 25
+    assert (row.width, row.height) == (320, 240) and row.duration == pytest.approx(2.0, abs=0.05)
+    shots = read(tmp_path, "shots")
+    assert list(shots.first_frame) == [0, 25] and list(shots.last_frame) == [24, 49]
+    det = read(tmp_path, "detections")
+    # Detected on frames 0,5,..,20 of shot 0 and 25,30,..,45 of shot 1 (a shot's first frame always).
+    assert sorted(set(det.frame_idx)) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]
+    assert (det.groupby("frame_idx").size() == 1).all()
+    assert set(det[det.frame_idx < 25].shot_id) == {0} and set(det[det.frame_idx >= 25].shot_id) == {1}
+    assert det.face_id.is_unique
+    assert det.face_id.iloc[0] == f"{vid}-f{det.frame_idx.iloc[0]:08d}-00"
+    np.testing.assert_allclose(det.pts, det.frame_idx / 25.0, atol=1e-6)
+    # Boxes in source pixels: the face moves from the left to the right half at the cut.
+    cx = (det.x1 + det.x2) / 2
+    assert (cx[det.frame_idx < 25] < 160).all() and (cx[det.frame_idx >= 25] > 160).all()
+    from seqbuild.imaging import decode_jpeg
+
+    assert decode_jpeg(det.image.iloc[0]).shape == (144, 144, 3)
+    assert det.landmarks.iloc[0].shape == (10,)
+
+
+def test_rerun_skips_done_and_config_change_redoes(tmp_path, clip):
+    run_ingest(tmp_path, cfg_for([clip]), progress=False)
+    again = run_ingest(tmp_path, cfg_for([clip]), progress=False)
+    assert again["skipped"] == 1 and again["processed"] == 0
+    changed = run_ingest(tmp_path, cfg_for([clip], detect_every=10), progress=False)
+    assert changed["processed"] == 1
+    det = read(tmp_path, "detections")
+    assert sorted(set(det.frame_idx)) == [0, 10, 20, 25, 35, 45]
+
+
+def test_expand_inputs(tmp_path, clip):
+    folder = tmp_path / "videos"
+    (folder / "sub").mkdir(parents=True)
+    a = make_video(folder / "a.mp4", frames=3, cut_at=None)
+    b = make_video(folder / "sub" / "b.mkv", frames=3, cut_at=None)
+    (folder / "notes.md").write_text("not a video")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# sources\n\nvideos/a.mp4\n{clip}\nudp://127.0.0.1:9\n")
+    got = expand_inputs([str(folder), str(lst), str(tmp_path / "missing.mp4")])
+    assert got == [str(a), str(b), str(clip), "udp://127.0.0.1:9", str(tmp_path / "missing.mp4")]
+
+
+def _bad_inputs(tmp_path: Path, clip: Path) -> dict[str, str]:
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    truncated = tmp_path / "truncated.mp4"
+    data = clip.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # index at the end: cannot even be opened
+    whole = make_video(tmp_path / "whole.mp4", faststart=True)
+    cut_short = tmp_path / "cut_short.mp4"
+    data = whole.read_bytes()
+    cut_short.write_bytes(data[: len(data) // 2])  # index first: the first frames still decode
+    return {
+        "missing": str(tmp_path / "nope.mp4"),
+        "not_video": str(text),
+        "truncated": str(truncated),
+        "truncated_index_first": str(cut_short),
+        "url": "http://127.0.0.1:9/stream.ts",  # discard port: nothing answers
+    }
+
+
+def test_bad_inputs_fail_alone_with_one_line_errors(tmp_path, clip, allow_error_logs):
+    bad = _bad_inputs(tmp_path, clip)
+    run = tmp_path / "run"
+    cfg = cfg_for([clip, *bad.values()], reconnect_attempts=0, timeout=2.0)
+    summary = run_ingest(run, cfg, progress=False)
+    assert summary["ok"] == 1 and summary["failed"] == 5
+    videos = read(run, "videos").set_index("source")
+    assert videos.loc[str(clip), "status"] == "ok"
+    for name, source in bad.items():
+        row = videos.loc[source]
+        assert row.status in ("failed", "partial"), name
+        assert source in row.error and "\n" not in row.error, (name, row.error)
+    assert "not found" in videos.loc[bad["missing"], "error"]
+    assert videos.loc[bad["not_video"], "status"] == "failed"
+    assert videos.loc[bad["truncated"], "status"] == "failed"
+    # Cut short after the index: what decodes is kept, and the row says the video is incomplete.
+    short = videos.loc[bad["truncated_index_first"]]
+    assert short.status == "partial" and 0 < short.frames_read < 50 and "truncated" in short.error
+    logged = [r.getMessage() for r in allow_error_logs.records if r.levelname == "ERROR"]
+    for source in bad.values():
+        assert any(source in m for m in logged), source
+    # The good video's output is complete and untouched by the failures.
+    assert len(read(run, "detections")) > 0
+    # A plain re-run skips everything; --retry-failed re-runs exactly the failed sources.
+    again = run_ingest(run, cfg, progress=False)
+    assert again["processed"] == 0 and again["skipped"] == 6
+    retry = run_ingest(run, build(IngestConfig, {**cfg.__dict__, "retry_failed": True}), progress=False)
+    assert retry["processed"] == 5 and retry["failed"] == 5
+
+
+def test_cli_exit_code_and_config(tmp_path, clip, allow_error_logs):
+    from seqbuild._cli.main import cli
+
+    run = tmp_path / "run"
+    args = ["ingest", str(clip), "--out", str(run), "--device", "cpu", "--min-face", "40", "--no-progress"]
+    ok = CliRunner().invoke(cli, args)
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["ok"] == 1
+    assert "min_face = 40" in (run / "config.toml").read_text()
+    bad = CliRunner().invoke(cli, [*args[:2], str(tmp_path / "nope.mp4"), *args[2:]])
+    assert bad.exit_code == 1
+    assert "nope.mp4: file not found" in bad.output
+    unknown = CliRunner().invoke(cli, [*args, "--set", "ingest.no_such_key=1"])
+    assert unknown.exit_code == 2 and "no_such_key" in unknown.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_resume_after_kill_9_has_no_duplicates_or_gaps(tmp_path):
+    videos = [make_video(tmp_path / f"v{i}.mp4", frames=60, cut_at=30) for i in range(4)]
+    reference = tmp_path / "reference"
+    run_ingest(reference, cfg_for(videos), progress=False)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "seqbuild", "ingest", *map(str, videos), "--out", str(run)]
+    cmd += ["--device", "cpu", "--detect-every", "5", "--min-face", "40", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = run / "ingest" / "_done"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        if done_dir.exists() and any(done_dir.glob("*.json")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest finished before it could be killed"
+    time.sleep(0.3)  # well inside the next video
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_done = len(list(done_dir.glob("*.json")))
+    assert 1 <= killed_done < 4
+    summary = run_ingest(run, cfg_for(videos), progress=False)
+    assert summary["skipped"] == killed_done and summary["processed"] == 4 - killed_done
+    got, want = read(run, "detections"), read(reference, "detections")
+    assert got.face_id.is_unique
+    assert sorted(got.face_id) == sorted(want.face_id)
+    assert len(read(run, "videos")) == 4 and len(read(run, "shots")) == len(read(reference, "shots"))
+    assert not list((run / "ingest").rglob("*.tmp"))

@@ -154,6 +154,59 @@ def bench(run: Path, media: Path, work: Path) -> dict:
     return results
 
 
+SENSITIVITY = [
+    {},
+    {"min_iou": 0.2},
+    {"min_iou": 0.4},
+    {"ambiguity_margin": 0.05},
+    {"ambiguity_margin": 0.3},
+    {"max_mahalanobis": 3.5},
+    {"max_mahalanobis": 6.0},
+    {"max_landmark_shift": 0.2},
+    {"max_scale_jump": 0.25},
+    {"max_age": 1},
+    {"max_age": 5},
+]
+"""One-at-a-time changes of the kalman defaults, to show the figures do not hang on one setting."""
+
+
+def sensitivity(run: Path, media: Path, work: Path) -> str:
+    """dev_broadcast (ground-truth shots) and crowd_walk figures of the kalman tracker under SENSITIVITY."""
+    src = RunDir(run)
+    names = video_ids(src)
+    gt_run = gt_shot_run(src, media, work / "sens-gt-shots")
+    lines = [
+        "| kalman setting | dev seq_purity | dev cut_crossing | dev recall | dev fragmentation "
+        "| crowd sequences | crowd jumps / pairs |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, change in enumerate(SENSITIVITY):
+        cfg = TrackConfig(**change)
+        label = ", ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+        dev = {}
+        if gt_run is not None:
+            for shard in RunDir(gt_run).track.done_shards():
+                RunDir(gt_run).track.clear(shard)
+            run_track(gt_run, cfg, progress=False)
+            export_stage(RunDir(gt_run), "track", work / f"sens-export-{i}")
+            dev = score(media, work / f"sens-export-{i}")
+        crowd = work / f"sens-crowd-{i}"
+        crowd.mkdir()
+        (crowd / "ingest").symlink_to(src.root.resolve() / "ingest", target_is_directory=True)
+        run_track(crowd, cfg, progress=False)
+        seqs = jumps = pairs = 0
+        for shard in RunDir(crowd).track.done_shards():
+            if names.get(shard, "").startswith("crowd_walk"):
+                faces = faces_for_shard(RunDir(crowd), "track", shard)
+                jumps, pairs = box_jumps(faces)
+                seqs = len(set(faces.column("seq_id").to_pylist()))
+        lines.append(
+            f"| {label} | {dev.get('seq_purity')} | {dev.get('cut_crossing')} | {dev.get('recall')} "
+            f"| {dev.get('fragmentation')} | {seqs} | {jumps} / {pairs} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(results: dict, command: str, ingest_seconds: float | None) -> str:
     """The docs/benchmarks.md block."""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -238,6 +291,7 @@ def main() -> None:
     ap.add_argument("--run", help="run directory with ingest output of dev_broadcast (and crowd_walk)")
     ap.add_argument("--media", help="shared media folder")
     ap.add_argument("--write-doc", action="store_true", help="replace the track block of docs/benchmarks.md")
+    ap.add_argument("--sensitivity", action="store_true", help="also vary each kalman setting one at a time")
     args = ap.parse_args()
     media = media_dir(args.media)
     with tempfile.TemporaryDirectory(prefix="bench-track-") as tmp:
@@ -247,6 +301,7 @@ def main() -> None:
         if not args.run:
             ingest_seconds = ingest(run, [media / "dev_broadcast.mp4", media / "clips" / "crowd_walk.mp4"])
         results = bench(run, media, work)
+        sens = sensitivity(run, media, work) if args.sensitivity else ""
     print(
         json.dumps(
             {
@@ -256,7 +311,13 @@ def main() -> None:
             indent=1,
         )
     )
-    block = markdown(results, "make bench-track", ingest_seconds)
+    command = "make bench-track" if not args.sensitivity else "python -m benchmarks.bench_track --sensitivity"
+    block = markdown(results, command, ingest_seconds)
+    if sens:
+        block += (
+            "\n\nSensitivity (one kalman setting changed at a time; dev_broadcast with ground-truth shots, "
+            "crowd_walk as above):\n\n" + sens
+        )
     print(block)
     if args.write_doc:
         write_doc(block)

@@ -341,3 +341,12 @@ def test_cli_tracks_and_saves_config(tmp_path):
     assert result.exit_code == 0, result.output
     assert "sequences=2" in result.output
     assert 'tracker = "greedy_iou"' in run.config_path.read_text()
+
+
+def test_video_without_faces_writes_empty_tables(tmp_path):
+    run = make_run(tmp_path, video_id="0123456789ab", table=DETECTIONS.empty_table())
+    summary = run_track(run.root, TrackConfig(), progress=False)
+    assert summary["tracked"] == 1 and summary["sequences"] == 0
+    for name, schema in (("assignments", ASSIGNMENTS), ("sequences", SEQUENCES), ("removals", REMOVALS)):
+        assert read_table(run.track.table_path(name, "0123456789ab"), schema).num_rows == 0
+    assert run.track.done_shards() == ["0123456789ab"]

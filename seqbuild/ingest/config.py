@@ -14,10 +14,20 @@ class IngestConfig:
     inputs: list[str] = option([], "video files, folders of videos, .txt lists of paths/URLs, or stream URLs")
     detector: str = option("mtcnn", "face detector, by registry name")
     device: str = option("auto", "auto | cpu | cuda | cuda:N", choices=None)
+    # 8 frames is 0.27-0.32 s at broadcast rates (25-30 fps): short enough for a constant-velocity
+    # tracker to bridge and for any person on screen for 2 s to be seen several times (each shot's first
+    # frame is always searched as well); long enough that MTCNN on 720p (about 0.1 CPU-second a frame
+    # here) leaves 2 CPU cores ahead of real time 3 times over. Consecutive frames are near duplicates,
+    # which clean would remove anyway. See docs/benchmarks.md for the measurement.
     detect_every: int = option(
-        5, "run the detector on every k-th frame (and on each shot's first frame)", min=1
+        8, "run the detector on every k-th frame of a shot (and always on a shot's first frame)", min=1
     )
-    min_face: int = option(60, "smallest face side in source pixels kept and searched for", min=12)
+    # A face whose MTCNN box is 60 px is enlarged about 1.6x into the 144x144 crop (a box there is about
+    # 96 px: the template's eye distance is 40 px, a box is about 2.4 eye distances): smaller faces give
+    # mostly interpolated crops and less reliable landmarks, so they are neither searched for nor kept.
+    min_face: int = option(
+        60, "smallest face (square root of the box area) in source pixels, searched and kept", min=12
+    )
     threshold: float = option(0.95, "MTCNN face probability threshold", min=0.0, max=1.0)
     max_side: int = option(
         1280, "frames larger than this (longest side) are downscaled before detection", min=64

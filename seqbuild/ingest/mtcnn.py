@@ -72,10 +72,16 @@ def detect_faces_batch(
 
     boxes_all, inds_all, picks = [], [], []
     offset = 0
+    first_level = None
     for scale in scales:
         hs, ws = int(h * scale + 1), int(w * scale + 1)
         if on_cpu:
-            resized = np.stack([cv2.resize(f, (ws, hs), interpolation=cv2.INTER_AREA) for f in frames])
+            # Every level is at most the size of the first one, so the full frames are shrunk once and
+            # the smaller levels are taken from that first level (area averaging of an area average).
+            source = frames if first_level is None else first_level
+            resized = np.stack([cv2.resize(f, (ws, hs), interpolation=cv2.INTER_AREA) for f in source])
+            if first_level is None:
+                first_level = resized
             im_data = _normalise(resized, torch, device, dtype)
         else:
             im_data = (

@@ -114,6 +114,37 @@ def gt_shot_run(src: RunDir, media: Path, dst: Path) -> Path | None:
     return None
 
 
+def impure_sequences(media: Path, out: Path) -> list[str]:
+    """Each exported dev_broadcast sequence holding more than one ground-truth label, with its frames."""
+    gt = json.loads((media / "dev_broadcast.gt.json").read_text())
+    faces = pa.concat_tables([read_table(p) for p in sorted((out / "faces").glob("*.parquet"))])
+    df = faces.select(["seq_id", "source", "frame_idx", "x1", "y1", "x2", "y2"]).to_pandas()
+    df = df[df["source"].map(lambda s: Path(s).name == gt["video"])]
+    lines = []
+    for seq_id, seq in df.sort_values("frame_idx").groupby("seq_id"):
+        labels = []
+        for f, x1, y1, x2, y2 in seq[["frame_idx", "x1", "y1", "x2", "y2"]].itertuples(index=False):
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            shot = next((s for s in gt["shots"] if s["start"] <= f < s["end"]), None)
+            ident = "none"
+            for pane in shot["panes"] if shot else []:
+                x, y, w, h = pane["rect"]
+                if x <= cx < x + w and y <= cy < y + h:
+                    ident = pane["identity"]
+            labels.append((int(f), shot["index"] if shot else None, ident))
+        if len({(s, i) for _, s, i in labels}) > 1:
+            parts = []
+            for f, shot, ident in labels:
+                if not parts or parts[-1][1:3] != [shot, ident]:
+                    parts.append([f, shot, ident, f])
+                parts[-1][3] = f
+            lines.append(
+                f"{seq_id}: "
+                + ", ".join(f"frames {a}-{b} ground-truth shot {sh} ({i})" for a, sh, i, b in parts)
+            )
+    return lines
+
+
 def bench(run: Path, media: Path, work: Path) -> dict:
     """Track ``run``'s ingest output with each tracker and measure it."""
     src = RunDir(run)
@@ -135,6 +166,7 @@ def bench(run: Path, media: Path, work: Path) -> dict:
         out = work / f"{name}-export"
         export_stage(rd, "track", out)
         row = {"seconds": seconds, "summary": summary, "dev_broadcast": score(media, out)}
+        row["impure"] = impure_sequences(media, out)
         if gt_run is not None:
             run_track(gt_run, TrackConfig(tracker=name), progress=False)
             export_stage(RunDir(gt_run), "track", work / f"{name}-gt-export")
@@ -228,6 +260,10 @@ def markdown(results: dict, command: str, ingest_seconds: float | None) -> str:
             f"| {name} | {d['sequences']} | {d['seq_purity']} | {d['face_purity']} | {d['cut_crossing']} "
             f"| {d['recall']} | {d['fragmentation']} | {d['faces']} |"
         )
+    for name, row in results.items():
+        if row.get("impure"):
+            lines += ["", f"Sequences of {name} that hold more than one ground-truth (shot, identity):", ""]
+            lines += [f"- {line}" for line in row["impure"]]
     if any("dev_broadcast_gt_shots" in r for r in results.values()):
         lines += [
             "",

@@ -47,8 +47,11 @@ demo: setup
 e2e: setup
 	$(VENV)/bin/seqbuild run pipelines/e2e.toml --set ingest.inputs=$(MEDIA) --set dedup_overlap.galleries=$(GALLERY) --out runs/e2e
 
-train-demo: setup
-	$(VENV)/bin/seqbuild run pipelines/train-demo.toml --out runs/train-demo
+# A few CPU training steps on the demo's sequences plus an identity set made from GALLERY (pipelines/train-demo.toml).
+train-demo: demo
+	$(VENV)/bin/seqbuild import-identities $(GALLERY) --out runs/demo-identities
+	$(VENV)/bin/seqbuild train --config pipelines/train-demo.toml --identities runs/demo-identities \
+		--sequences $(RUN)/dataset --out runs/train-demo
 
 bench: bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e
 

@@ -71,6 +71,8 @@ class Move:
     centre_b: tuple[float, float]
     width_a: float
     width_b: float
+    turn: tuple[float, float] = (0.0, 0.0)  # perspective "head turn" of the view, -0.4..0.4, from a to b
+    gamma: tuple[float, float] = (1.0, 1.0)  # lighting (gamma) from a to b
 
 
 @dataclass
@@ -99,13 +101,19 @@ def default_shots() -> list[Shot]:
     """The demo's shot list: ~26 s with every kind of shot the chain has to handle."""
     a, h = "astronaut", "grace_hopper"
     return [
-        Shot(100, [Move(a, (224, 130), (224, 118), 500, 300)]),  # slow zoom in
-        Shot(100, [Move(h, (230, 230), (290, 230), 480, 480)]),  # pan right
+        Shot(100, [Move(a, (224, 130), (224, 118), 500, 300, (-0.35, 0.3), (0.75, 1.3))]),  # zoom in
+        Shot(100, [Move(h, (230, 230), (290, 230), 480, 480, (0.3, -0.35), (1.3, 0.8))]),  # pan right
         Shot(50, []),  # face-free slate
-        Shot(125, [Move(a, (226, 120), (218, 124), 260, 240), Move(h, (262, 232), (268, 226), 330, 310)]),
-        Shot(75, [Move(h, (265, 232), (262, 240), 420, 540)]),  # zoom out
+        Shot(
+            125,
+            [
+                Move(a, (226, 120), (218, 124), 260, 240, (0.3, -0.3), (1.25, 0.8)),
+                Move(h, (262, 232), (268, 226), 330, 310, (-0.3, 0.3), (0.8, 1.25)),
+            ],
+        ),
+        Shot(75, [Move(h, (265, 232), (262, 240), 420, 540, (-0.3, 0.3), (0.85, 1.3))]),  # zoom out
         Shot(rerun_of=0),  # the first shot again, unchanged
-        Shot(75, [Move(a, (226, 150), (226, 110), 380, 380)]),  # tilt up
+        Shot(75, [Move(a, (226, 150), (226, 110), 380, 380, (0.35, -0.3), (1.3, 0.8))]),  # tilt up
         Shot(12, [Move(h, (265, 230), (265, 230), 440, 430)]),  # a very short shot
         Shot(25, []),  # end slate
     ]
@@ -130,6 +138,30 @@ def render_view(
     return cv2.warpAffine(
         photo, m, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR, borderValue=(20, 20, 24)
     )
+
+
+def turn_view(view: np.ndarray, turn: float) -> np.ndarray:
+    """A perspective squeeze of one side of the view: a cheap stand-in for a head turning (yaw)."""
+    if abs(turn) < 1e-3:
+        return view
+    h, w = view.shape[:2]
+    d = abs(turn) * h * 0.25
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    if turn > 0:
+        dst = np.float32([[0, 0], [w, d], [w, h - d], [0, h]])
+    else:
+        dst = np.float32([[0, d], [w, 0], [w, h], [0, h - d]])
+    return cv2.warpPerspective(
+        view, cv2.getPerspectiveTransform(src, dst), (w, h), borderMode=cv2.BORDER_REFLECT
+    )
+
+
+def relight(view: np.ndarray, gamma: float) -> np.ndarray:
+    """The view under other lighting (gamma; > 1 darker)."""
+    if abs(gamma - 1.0) < 1e-3:
+        return view
+    lut = (np.linspace(0, 1, 256) ** gamma * 255).round().astype(np.uint8)
+    return lut[view]
 
 
 def render_slate(width: int, height: int, t: int, fps: int) -> np.ndarray:
@@ -175,7 +207,9 @@ def iter_frames(spec: DemoSpec, photos: dict[str, np.ndarray]) -> Iterator[tuple
                         _lerp(move.centre_a[1], move.centre_b[1], s),
                     )
                     view_w = _lerp(move.width_a, move.width_b, s)
-                    canvas[y : y + h, x : x + w] = render_view(photos[move.identity], centre, view_w, (w, h))
+                    view = render_view(photos[move.identity], centre, view_w, (w, h))
+                    view = turn_view(view, _lerp(move.turn[0], move.turn[1], s))
+                    canvas[y : y + h, x : x + w] = relight(view, _lerp(move.gamma[0], move.gamma[1], s))
             if spec.noise > 0:
                 noise = rng.normal(0.0, spec.noise, canvas.shape).astype(np.float32)
                 canvas = np.clip(canvas.astype(np.float32) + noise, 0, 255).astype(np.uint8)

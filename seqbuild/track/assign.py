@@ -113,7 +113,7 @@ def ambiguous_tracks(cost: np.ndarray, matches: list[tuple[int, int]], margin: f
     """Tracks whose identity after this step cannot be told apart from another's (to be ended).
 
     A match (t, d) is ambiguous when another feasible pairing costs less than ``margin`` more:
-    another track t' could take d (both t and t' end: we cannot say which face is which), t could
+    an unmatched track t' could take d (both end: d may be t' reappearing, we cannot say), t could
     take an unmatched detection d' (t ends: two faces compete for one track), or swapping two matches
     (t1, d1), (t2, d2) into (t1, d2), (t2, d1) costs almost the same (crossing paths: both end).
     """
@@ -121,9 +121,11 @@ def ambiguous_tracks(cost: np.ndarray, matches: list[tuple[int, int]], margin: f
     out: set[int] = set()
     feasible = cost < GATED
     matched_d = {d for _, d in matches}
+    matched_t = {t for t, _ in matches}
     for t, d in matches:
         c = cost[t, d]
-        others_t = [u for u in np.flatnonzero(feasible[:, d]) if u != t]
+        # A matched rival is judged by the swap test below, which weighs both of its pairings.
+        others_t = [u for u in np.flatnonzero(feasible[:, d]) if u != t and u not in matched_t]
         close_t = [u for u in others_t if cost[u, d] - c < margin]
         if close_t:
             out.add(t)

@@ -68,7 +68,7 @@ def video_ids(run: RunDir) -> dict[str, str]:
     return out
 
 
-def box_jumps(faces) -> tuple[int, int]:
+def box_jumps(faces: pa.Table) -> tuple[int, int]:
     """Consecutive box pairs of a sequence that neither overlap nor stay within one face size; all pairs."""
     df = faces.select(["seq_id", "frame_idx", "x1", "y1", "x2", "y2"]).to_pandas()
     jumps = pairs = 0

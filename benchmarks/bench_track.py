@@ -167,6 +167,9 @@ def bench(run: Path, media: Path, work: Path) -> dict:
         export_stage(rd, "track", out)
         row = {"seconds": seconds, "summary": summary, "dev_broadcast": score(media, out)}
         row["impure"] = impure_sequences(media, out)
+        row["frame_step"] = sorted(
+            {rd.track.marker(s).get("frame_step") for s in rd.track.done_shards()} - {None}
+        )
         if gt_run is not None:
             run_track(gt_run, TrackConfig(tracker=name), progress=False)
             export_stage(RunDir(gt_run), "track", work / f"{name}-gt-export")
@@ -245,7 +248,8 @@ def markdown(results: dict, command: str, ingest_seconds: float | None) -> str:
     lines = [
         "## Track",
         "",
-        f"Command: `{command}` (ingest with its defaults: MTCNN every 5th frame, min_face 60, max_side 1280).",
+        f"Command: `{command}`; detector passes every {'/'.join(map(str, results['kalman']['frame_step']))} frames "
+        "(as read by the tracker from the detections' frame numbers).",
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU; load average at the end: {load} "
         "(the machine is shared, so times are noisy; quality figures are not).",
         "",

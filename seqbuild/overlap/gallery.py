@@ -52,14 +52,14 @@ GALLERY_FORMAT = 1
 CENTRE_THRESHOLDS: dict[str, float] = {"facenet": 0.35}
 """Default cosine threshold between a sequence centre and a gallery identity centre, per embedder.
 
-facenet 0.35, from benchmarks/bench_overlap.py --part threshold (docs/benchmarks.md): sequence centres
-of ten people absent from the gallery (six talk clips, a street crowd) scored at most 0.25 against any
-gallery identity (0.31 for their best single face); genuine scores ranged from 0.43 (a small, dark,
-three-quarter audience face) to 0.69 on video, and 0.65-0.79 between gallery photos of one person.
-It sits below the face-pair equal-error threshold (0.45) on purpose: a gallery person left in the data
-leaks a test or training identity, while a wrong removal only costs one sequence. Two gallery photos of
-different people reached 0.47, so galleries of many thousands of identities (whose best impostor
-score grows with their size) may need a higher per-gallery threshold or a stronger embedder.
+facenet 0.35, from benchmarks/bench_overlap.py (docs/benchmarks.md): the centres of sequences of twelve
+people absent from the gallery (six talk clips, a street crowd, two audience members of a broadcast)
+scored at most 0.31 against any gallery identity; genuine scores on video ranged from 0.44 (a small, dark,
+three-quarter audience face) to 0.78, and 0.65-0.79 between gallery photos of one person. It sits below
+the face-pair equal-error threshold (0.45) on purpose: a gallery person left in the data leaks a test or
+training identity, while a wrong removal costs one sequence. Two gallery photos of different people
+reached 0.47, so galleries of many thousands of identities (whose best impostor score grows with their
+size) may need a higher per-gallery threshold or a stronger embedder.
 An embedder missing here falls back to its own ``same_identity_threshold`` (a face-pair threshold).
 """
 

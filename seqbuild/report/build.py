@@ -357,12 +357,18 @@ def _wrap(text: str, width: int) -> list[str]:
     return [*lines, line] if line else lines
 
 
-def sequence_members(run: RunDir) -> dict[str, list[tuple[str, str, int]]]:
-    """seq_id -> its faces (video_id, face_id, frame) across every stage's assignments."""
+def sequence_members(run: RunDir, wanted: set[str]) -> dict[str, list[tuple[str, str, int]]]:
+    """seq_id -> its faces (video_id, face_id, frame) for the ``wanted`` sequences, from every stage."""
+    import pyarrow.compute as pc
+
     members: dict[str, dict[str, tuple[str, str, int]]] = defaultdict(dict)
+    if not wanted:
+        return {}
+    value_set = pa.array(sorted(wanted), pa.string())
     for stage in SEQUENCE_STAGES:
         for path in run.stage(stage).paths("assignments"):
             t = read_table(path, columns=["face_id", "video_id", "seq_id"])
+            t = t.filter(pc.is_in(t.column("seq_id"), value_set=value_set))
             for face_id, video_id, seq_id in zip(
                 t.column("face_id").to_pylist(),
                 t.column("video_id").to_pylist(),
@@ -385,9 +391,9 @@ def contact_sheets(
 ) -> dict[str, tuple[str, bytes]]:
     """Contact sheets: random kept sequences, removed sequences/faces per reason, gallery matches."""
     rng = random.Random(seed)
-    members = sequence_members(run)
     sheets: dict[str, list[SheetRow]] = {}
     titles: dict[str, str] = {}
+    chosen: list[str] = []
     if stage is not None:
         kept = sorted(
             {
@@ -397,6 +403,15 @@ def contact_sheets(
             }
         )
         chosen = sorted(rng.sample(kept, min(12, len(kept))))
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in removals.to_pylist():
+        groups[(r["stage"], r["reason"])].append(r)
+    sampled: dict[tuple[str, str], list[dict]] = {}
+    for key, rows in sorted(groups.items()):
+        seq_rows = [r for r in rows if r["scope"] == "sequence" or r["face_id"] is None]
+        sampled[key] = rng.sample(seq_rows, min(4, len(seq_rows)))
+    members = sequence_members(run, {*chosen, *(r["seq_id"] for v in sampled.values() for r in v)})
+    if stage is not None:
         sheets["kept"] = [
             SheetRow(
                 f"{s}  ({len(members.get(s, []))} faces)",
@@ -405,14 +420,10 @@ def contact_sheets(
             for s in chosen
         ]
         titles["kept"] = f"Random kept sequences (after {stage}; crops evenly spaced in time)"
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in removals.to_pylist():
-        groups[(r["stage"], r["reason"])].append(r)
     for (rstage, reason), rows in sorted(groups.items()):
-        seq_rows = [r for r in rows if r["scope"] == "sequence" or r["face_id"] is None]
         face_rows = [r for r in rows if not (r["scope"] == "sequence" or r["face_id"] is None)]
         entries: list[SheetRow] = []
-        for r in rng.sample(seq_rows, min(4, len(seq_rows))):
+        for r in sampled[(rstage, reason)]:
             faces = [(v, f) for v, f, _ in _spread(members.get(r["seq_id"], []), per_row)]
             entries.append(SheetRow(_removal_label(r, len(members.get(r["seq_id"], []))), faces))
         by_seq: dict[str, list[dict]] = defaultdict(list)

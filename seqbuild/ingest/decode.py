@@ -54,7 +54,7 @@ class Frame:
 
     def thumbnail(self, width: int, height: int) -> np.ndarray:
         """A small RGB copy of the frame (scaled by FFmpeg, cheaper than a full conversion)."""
-        return self.frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
+        return self.frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
 
 
 def open_container(source: str, timeout: float = 10.0, options: dict[str, str] | None = None) -> Any:

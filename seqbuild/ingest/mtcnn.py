@@ -5,7 +5,8 @@ which on the CPU falls back to adaptive average pooling and takes most of the ti
 720p frame's detection here). This is the same cascade, with the same networks, thresholds, box
 regression and non-maximum suppression (facenet-pytorch's own helpers), but the image pyramid and the
 24/48-pixel candidate crops are resized with ``cv2.resize(INTER_AREA)`` on uint8 pixels when the
-networks run on the CPU. On CUDA the pyramid is resized on the device as facenet-pytorch does.
+networks run on the CPU; a candidate is cropped from a half/quarter/... resolution copy of its frame
+when its box is large, so that resizing costs little whatever the face size. On CUDA the pyramid is resized on the device as facenet-pytorch does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,24 @@ def _normalise(batch_nhwc: np.ndarray, torch, device, dtype):
     return (t.permute(0, 3, 1, 2).to(dtype) - 127.5) * 0.0078125
 
 
-def _crops(frames: np.ndarray, boxes, image_inds, w: int, h: int, size: int) -> np.ndarray:
+class _Mipmap:
+    """Each frame at 1/1, 1/2, 1/4, ... resolution, made on first use, so that a candidate crop is
+    resized from the smallest level that still has at least twice the pixels it needs."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.levels = [frames]
+
+    def level(self, j: int) -> np.ndarray:
+        while len(self.levels) <= j:
+            prev = self.levels[-1]
+            h, w = prev.shape[1] // 2, prev.shape[2] // 2
+            if h < 1 or w < 1:
+                return self.levels[-1]
+            self.levels.append(np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in prev]))
+        return self.levels[j]
+
+
+def _crops(mip: _Mipmap, boxes, image_inds, w: int, h: int, size: int) -> np.ndarray:
     from facenet_pytorch.models.utils.detect_face import pad
 
     y, ey, x, ex = pad(boxes, w, h)
@@ -27,7 +45,13 @@ def _crops(frames: np.ndarray, boxes, image_inds, w: int, h: int, size: int) -> 
     out = np.zeros((len(y), size, size, 3), np.uint8)
     for k in range(len(y)):
         if ey[k] > (y[k] - 1) and ex[k] > (x[k] - 1):
-            patch = frames[inds[k], y[k] - 1 : ey[k], x[k] - 1 : ex[k]]
+            side = max(ey[k] - y[k] + 1, ex[k] - x[k] + 1)
+            j = max(0, int(np.floor(np.log2(side / (2.0 * size)))))
+            level = mip.level(j)
+            f = 2**j
+            y0, x0 = (y[k] - 1) // f, (x[k] - 1) // f
+            y1, x1 = max(y0 + 1, -(-ey[k] // f)), max(x0 + 1, -(-ex[k] // f))
+            patch = level[inds[k], y0:y1, x0:x1]
             out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     return out
 
@@ -124,7 +148,8 @@ def detect_faces_batch(
     boxes = rerec(boxes)
 
     # Second stage (R-net on 24x24 crops).
-    im_data = _normalise(_crops(frames, boxes, image_inds, w, h, 24), torch, device, dtype)
+    mip = _Mipmap(frames)
+    im_data = _normalise(_crops(mip, boxes, image_inds, w, h, 24), torch, device, dtype)
     out0, out1 = (o.permute(1, 0) for o in rnet(im_data))
     score = out1[1, :]
     ipass = score > thresholds[1]
@@ -139,7 +164,7 @@ def detect_faces_batch(
         return empty
 
     # Third stage (O-net on 48x48 crops): probabilities, box regression, landmarks.
-    im_data = _normalise(_crops(frames, boxes, image_inds, w, h, 48), torch, device, dtype)
+    im_data = _normalise(_crops(mip, boxes, image_inds, w, h, 48), torch, device, dtype)
     out0, out1, out2 = (o.permute(1, 0) for o in onet(im_data))
     score = out2[1, :]
     ipass = score > thresholds[2]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import time
 from pathlib import Path
@@ -156,6 +157,62 @@ def pair_scores(emb: np.ndarray, faces: list[dict]) -> tuple[np.ndarray, np.ndar
     return s[same & apart], s[~same]
 
 
+def centre_scores(emb: np.ndarray, faces: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Face-to-centre and centre-to-centre similarities, genuine and impostor, for the clean thresholds.
+
+    A person with at least six faces in one source (filmed over time) gives centres. face_to_centre: a face
+    against the centre of the other faces of its own source (leave one out) vs against other people's
+    source centres. centre_to_centre: the centres of the two halves (in time) of one source vs the half
+    centres of different people.
+    """
+    ident = np.array([f["identity"] for f in faces])
+    source = np.array([f["source"] for f in faces])
+    t = np.array([f["t"] for f in faces])
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    key = np.array([f"{s}|{i}" for s, i in zip(source, ident, strict=True)])
+    groups = [np.flatnonzero(key == k) for k in sorted(set(key)) if (key == k).sum() >= 6]
+    gen_f, imp_f, halves = [], [], []
+    for g in groups:
+        for i in g:
+            gen_f.append(float(emb[i] @ unit(emb[[j for j in g if j != i]].mean(axis=0))))
+        centre = unit(emb[g].mean(axis=0))
+        imp_f += list(emb[ident != ident[g[0]]] @ centre)
+        order = g[np.argsort(t[g])]
+        h = len(order) // 2
+        halves += [
+            (ident[g[0]], unit(emb[order[:h]].mean(axis=0))),
+            (ident[g[0]], unit(emb[order[h:]].mean(axis=0))),
+        ]
+    gen_c, imp_c = [], []
+    for a in range(len(halves)):
+        for b in range(a + 1, len(halves)):
+            (gen_c if halves[a][0] == halves[b][0] else imp_c).append(float(halves[a][1] @ halves[b][1]))
+    return {
+        "face_to_centre": (np.array(gen_f), np.array(imp_f)),
+        "centre_to_centre": (np.array(gen_c), np.array(imp_c)),
+    }
+
+
+def summarise(gen: np.ndarray, imp: np.ndarray) -> dict:
+    """EER, its threshold and the tails of both distributions."""
+    rate, th = eer(gen, imp)
+    return {
+        "eer": round(rate, 4),
+        "threshold": round(float(th), 3),
+        "genuine_mean": round(float(gen.mean()), 3),
+        "genuine_p01": round(float(np.percentile(gen, 1)), 3),
+        "genuine_min": round(float(gen.min()), 3),
+        "impostor_mean": round(float(imp.mean()), 3),
+        "impostor_p99": round(float(np.percentile(imp, 99)), 3),
+        "impostor_max": round(float(imp.max()), 3),
+        "genuine": int(len(gen)),
+        "impostor": int(len(imp)),
+    }
+
+
 def eer(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
     """Equal error rate and the threshold where false accepts equal false rejects."""
     best = (1.0, 0.0)
@@ -171,8 +228,9 @@ def eer(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     """Run the benchmark and print a JSON summary."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", type=int, default=10, help="frames sampled per talk clip")
+    ap.add_argument("--frames", type=int, default=16, help="frames sampled per talk clip")
     ap.add_argument("--speed-n", type=int, default=64, help="crops timed for embeddings/s")
+    ap.add_argument("--faces-cache", default="", help="pickle of the collected faces (reused when present)")
     args = ap.parse_args()
     import torch
 
@@ -191,32 +249,31 @@ def main() -> None:
         "load_before": os.getloadavg(),
     }
     t0 = time.time()
-    faces = collect_faces(media, args.frames)
+    cache = Path(args.faces_cache) if args.faces_cache else None
+    if cache is not None and cache.is_file():
+        faces = pickle.loads(cache.read_bytes())
+    else:
+        faces = collect_faces(media, args.frames)
+        if cache is not None:
+            cache.write_bytes(pickle.dumps(faces))
     report["faces"] = len(faces)
     report["identities"] = len({f["identity"] for f in faces})
     report["collect_s"] = round(time.time() - t0, 1)
     emb = create_embedder("facenet", device="cpu")
+    emb.default_normalisation = emb.normalisation
     results = {}
     for crop in ("aligned", "loose"):
         crops = [f[crop] for f in faces]
         for norm in NORMALISATIONS:
             emb.normalisation = norm
             vec = emb.embed(crops)
-            gen, imp = pair_scores(vec, faces)
-            rate, th = eer(gen, imp)
-            results[f"{crop}/{norm}"] = {
-                "eer": round(rate, 4),
-                "threshold": round(float(th), 3),
-                "genuine_mean": round(float(gen.mean()), 3),
-                "genuine_p05": round(float(np.percentile(gen, 5)), 3),
-                "impostor_mean": round(float(imp.mean()), 3),
-                "impostor_p99": round(float(np.percentile(imp, 99)), 3),
-                "impostor_max": round(float(imp.max()), 3),
-                "genuine_pairs": int(len(gen)),
-                "impostor_pairs": int(len(imp)),
-            }
-    emb.normalisation = "fixed"
-    report["separation"] = results
+            results[f"{crop}/{norm}"] = summarise(*pair_scores(vec, faces))
+            if crop == "aligned" and norm == emb.default_normalisation:
+                chosen = {k: summarise(*v) for k, v in centre_scores(vec, faces).items()}
+    emb.normalisation = emb.default_normalisation
+    report["pairs"] = results
+    report["chosen_input"] = f"aligned/{emb.default_normalisation}"
+    report["clean_figures"] = chosen
 
     # Speed: torch (batched) vs cv2.dnn (one crop at a time: the frozen graph's batch is fixed at 1).
     crops = [faces[i % len(faces)]["aligned"] for i in range(args.speed_n)]

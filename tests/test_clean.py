@@ -15,7 +15,7 @@ from seqbuild.clean.config import CleanConfig
 from seqbuild.clean.stage import run_clean
 from seqbuild.imaging import encode_jpeg
 from seqbuild.layout import RunDir
-from seqbuild.schema import ASSIGNMENTS, DETECTIONS, REMOVALS, SEQUENCES, embeddings_schema
+from seqbuild.schema import ASSIGNMENTS, DETECTIONS, REMOVALS, SEQUENCES, SHOTS, embeddings_schema
 from seqbuild.storage import read_table, write_table
 
 DIM = 64
@@ -49,6 +49,7 @@ def cfg(**kw) -> CleanConfig:
         min_det_score=0.9,
         max_yaw=0.8,
         min_faces=4,
+        cut_margin=0.3,
         rerun_threshold=0.9,
         rerun_face_threshold=0.97,
         rerun_min_share=0.6,
@@ -103,8 +104,9 @@ def test_quality_rules_each_reason():
         "blur": np.array([100, 100, 5, 100, 100, 5.0]),
         "det_score": np.array([0.99, 0.99, 0.99, 0.5, 0.99, 0.99]),
         "yaw": np.array([0.0, 0.0, 0.0, 0.0, -0.95, np.nan]),
+        "cut_distance": np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
     }
-    limits = {"min_face_size": 40, "min_blur": 20, "min_det_score": 0.9, "max_yaw": 0.8}
+    limits = {"min_face_size": 40, "min_blur": 20, "min_det_score": 0.9, "max_yaw": 0.8, "cut_margin": 0.3}
     got = {r.index: (r.reason, r.value, r.threshold) for r in filters.quality_removals(cols, limits)}
     assert got == {
         1: ("small_face", 20.0, 40.0),
@@ -113,6 +115,16 @@ def test_quality_rules_each_reason():
         4: ("extreme_yaw", -0.95, 0.8),
         5: ("small_face", 10.0, 40.0),  # one row per face: the first failed rule
     }
+    cols["cut_distance"] = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.1])
+    cols["face_size"][5], cols["blur"][5] = 100.0, 100.0
+    got = {r.index: r.reason for r in filters.quality_removals(cols, limits)}
+    assert got[5] == "near_cut"
+
+
+def test_cut_distance():
+    d = filters.cut_distance(np.array([0.0, 4.9, 5.0, 5.2, 9.0]), np.array([5.0, 8.0]))
+    assert np.allclose(d, [5.0, 0.1, 0.0, 0.2, 1.0])
+    assert np.isinf(filters.cut_distance(np.array([1.0]), np.array([]))).all()
 
 
 def test_face_match_share():
@@ -127,7 +139,9 @@ def test_face_match_share():
 CROP = encode_jpeg(np.full((144, 144, 3), 128, np.uint8))
 
 
-def write_video(run: RunDir, vid: str, seqs: dict[str, np.ndarray], quality: dict[str, dict] | None = None):
+def write_video(
+    run: RunDir, vid: str, seqs: dict[str, np.ndarray], quality: dict[str, dict] | None = None, shots=None
+):
     """Write ingest detections, track assignments/sequences and embed embeddings for one video."""
     quality = quality or {}
     det, assign, seq_rows, emb_rows = [], [], [], []
@@ -183,6 +197,10 @@ def write_video(run: RunDir, vid: str, seqs: dict[str, np.ndarray], quality: dic
         DETECTIONS,
         "detections",
     )
+    if shots is not None:
+        write_table(
+            run.ingest.table_path("shots", vid), pa.Table.from_pylist(shots, schema=SHOTS), SHOTS, "shots"
+        )
     run.ingest.mark_done(vid, "x")
     write_table(
         run.track.table_path("assignments", vid),
@@ -226,7 +244,11 @@ def built(tmp_path):
     quality = {"quality": {0: {"face_size": 12.0}, 1: {"blur": 3.0}, 2: {"det_score": 0.5}, 3: {"yaw": 0.99}}}
     ids1 = write_video(run, "aaaaaaaaaaaa", v1, quality)
     again = unit(rerun_src + 0.005 * RNG.normal(size=rerun_src.shape)).astype(np.float32)
-    ids2 = write_video(run, "bbbbbbbbbbbb", {"other": faces_of(person(), 6), "rerun": again[:5]})
+    # a second shot from frame 8 (0.32 s)
+    cuts = [{"video_id": "bbbbbbbbbbbb", "shot_id": k, "first_frame": f, "last_frame": f2, "first_pts": f / 25.0}
+            for k, (f, f2) in enumerate([(0, 7), (8, 200)])]  # fmt: skip
+    other = faces_of(person(), 7)
+    ids2 = write_video(run, "bbbbbbbbbbbb", {"other": other, "rerun": again[:5]}, shots=cuts)
     return run, ids1 + ids2
 
 
@@ -255,6 +277,10 @@ def test_stage_removes_each_reason_and_accounts_for_every_face(built):
     rerun = [r for (s, reason), rs in got.items() if reason == "rerun" for r in rs]
     assert len(rerun) == 1 and rerun[0]["seq_id"] == "bbbbbbbbbbbb-s00001"  # the shorter copy goes
     assert f"{v1}-s00005" in rerun[0]["detail"]
+    near = got[("bbbbbbbbbbbb-s00000", "near_cut")]
+    # faces every 0.2 s, a cut at 0.32 s: the faces at 0.2, 0.4 and 0.6 s are within 0.3 s, the one at 0 s is not
+    assert sorted(r["face_id"][-5:-3] for r in near) == ["05", "10", "15"]
+    assert all(r["value"] <= 0.3 for r in near)
     assert all(r["threshold"] is not None and r["value"] is not None for rs in got.values() for r in rs)
 
     kept = run.clean.read("assignments", ASSIGNMENTS)

@@ -1,8 +1,13 @@
 """Cleaning options and their defaults.
 
-The similarity thresholds are cosine similarities of the default embedder (offline FaceNet 20180408,
-aligned crops); they were chosen from genuine/impostor distributions measured on real faces
-(benchmarks/bench_embed.py, docs/benchmarks.md). Another embedder needs its own thresholds.
+The similarity thresholds are cosine similarities of the default embedder (offline FaceNet 20180408 on
+the prewhitened aligned crop). They sit between the genuine and impostor distributions measured on real
+faces by benchmarks/bench_embed.py (docs/benchmarks.md): a face against the centre of the other faces of
+its person (genuine lowest ~0.80) vs against other people's centres (impostor highest ~0.71) for
+``noise_threshold``; centres of two halves of one person (lowest ~0.91) vs centres of two people
+(highest ~0.69) for ``two_identity_threshold``. The near-duplicate and rerun face thresholds sit where
+crops of (nearly) the same picture lie (>= 0.985), above consecutive faces of one talking person. Another
+embedder needs its own thresholds: `seqbuild clean --dry-run` shows the distributions.
 """
 
 from __future__ import annotations
@@ -17,31 +22,34 @@ class CleanConfig:
     """Options of `seqbuild clean`."""
 
     noise_threshold: float = option(
-        0.5, "faces less similar than this to the sequence centre are noise", min=-1.0, max=1.0
+        0.75, "faces less similar than this to the sequence centre are noise", min=-1.0, max=1.0
     )
     split_policy: str = option(
         "drop", "a sequence with two clear groups: drop | split", choices=("drop", "split")
     )
     two_identity_threshold: float = option(
-        0.45, "two groups whose centres are less similar than this are two people", min=-1.0, max=1.0
+        0.8, "two groups whose centres are less similar than this are two people", min=-1.0, max=1.0
     )
     min_group_faces: int = option(3, "faces each group needs before a sequence counts as two people", min=1)
     near_dup_threshold: float = option(
-        0.95, "a face more similar than this to a kept face is a near duplicate", min=-1.0, max=1.0
+        0.99, "a face more similar than this to a kept face is a near duplicate", min=-1.0, max=1.0
     )
     min_face_size: float = option(40.0, "minimum face size in source pixels", min=0.0)
     min_blur: float = option(20.0, "minimum variance of the Laplacian of the crop", min=0.0)
     min_det_score: float = option(0.95, "minimum detection score", min=0.0, max=1.0)
     max_yaw: float = option(0.8, "maximum |yaw| from landmark geometry (0 frontal, 1 profile)", min=0.0)
+    cut_margin: float = option(
+        0.3, "faces this many seconds or less from a shot cut are removed (dissolve blends); 0 = off", min=0.0
+    )
     min_faces: int = option(5, "sequences left with fewer faces are removed", min=1)
     rerun_threshold: float = option(
         0.9, "sequence-centre similarity that flags a possible rerun", min=-1.0, max=1.0
     )
     rerun_face_threshold: float = option(
-        0.9, "face similarity counted as the same picture in the rerun face-level check", min=-1.0, max=1.0
+        0.98, "face similarity counted as the same picture in the rerun face-level check", min=-1.0, max=1.0
     )
     rerun_min_share: float = option(
-        0.6,
+        0.5,
         "share of the shorter sequence's faces matched for two sequences to be one rerun",
         min=0.0,
         max=1.0,

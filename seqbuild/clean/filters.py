@@ -145,11 +145,13 @@ QUALITY_RULES = (
     ("blurred", "blur", "min_blur", "below"),
     ("low_det_score", "det_score", "min_det_score", "below"),
     ("extreme_yaw", "yaw", "max_yaw", "abs_above"),
+    ("near_cut", "cut_distance", "cut_margin", "below"),
 )
 
 
 def quality_removals(columns: dict[str, np.ndarray], limits: dict[str, float]) -> list[Removal]:
-    """Faces failing a quality limit (size, blur, detection score, |yaw|); the first failed rule is given.
+    """Faces failing a quality limit (size, blur, detection score, |yaw|, seconds from a shot cut); the
+    first failed rule is given.
 
     A missing figure (NaN) is not held against a face.
     """
@@ -168,6 +170,18 @@ def quality_removals(columns: dict[str, np.ndarray], limits: dict[str, float]) -
             out.append(Removal(reason, float(values[i]), limit, int(i)))
         failed |= bad
     return out
+
+
+def cut_distance(pts: np.ndarray, cut_times: np.ndarray) -> np.ndarray:
+    """Seconds from each face's timestamp to the nearest shot cut (inf without cuts)."""
+    pts = np.asarray(pts, dtype=np.float64)
+    cuts = np.sort(np.asarray(cut_times, dtype=np.float64))
+    if len(cuts) == 0:
+        return np.full(len(pts), np.inf)
+    pos = np.searchsorted(cuts, pts)
+    before = np.abs(pts - cuts[np.clip(pos - 1, 0, len(cuts) - 1)])
+    after = np.abs(cuts[np.clip(pos, 0, len(cuts) - 1)] - pts)
+    return np.minimum(before, after)
 
 
 def face_match_share(a: np.ndarray, b: np.ndarray, threshold: float) -> float:

@@ -25,7 +25,7 @@ from ..config import config_hash
 from ..errors import SeqbuildError
 from ..layout import RunDir
 from ..pipeline.executors import Executor, LocalExecutor
-from ..schema import ASSIGNMENTS, REMOVALS, SEQUENCES
+from ..schema import ASSIGNMENTS, REMOVALS, SEQUENCES, SHOTS
 from ..storage import ShardStore, read_table, table_metadata, write_table
 from . import filters
 from .config import CleanConfig
@@ -46,6 +46,7 @@ _LOCAL_KEYS = (
     "min_blur",
     "min_det_score",
     "max_yaw",
+    "cut_margin",
     "min_faces",
 )
 DET_COLUMNS = ["face_id", "frame_idx", "pts", "shot_id", "det_score", "face_size", "blur", "yaw"]
@@ -115,7 +116,8 @@ def clean_sequence(
     """Apply quality, two-identity, noise, near-duplicate and length rules to one sequence (rows in time order)."""
     removals: list[dict[str, Any]] = []
     alive = np.arange(len(face_ids))
-    limits = {k: getattr(cfg, k) for k in ("min_face_size", "min_blur", "min_det_score", "max_yaw")}
+    keys = ("min_face_size", "min_blur", "min_det_score", "max_yaw", "cut_margin")
+    limits = {k: getattr(cfg, k) for k in keys if k != "cut_margin" or cfg.cut_margin > 0}
     dropped = set()
     for r in filters.quality_removals(quality, limits):
         removals.append(_removal_row(video_id, seq_id, face_ids[r.index], r))
@@ -211,6 +213,20 @@ def load_video_inputs(run: RunDir, shard: str) -> tuple[pa.Table, dict[str, Any]
     )
 
 
+def cut_times(run: RunDir, shard: str) -> np.ndarray:
+    """Timestamps (pts, seconds) of a video's shot cuts from ingest's shots table (none if it is absent)."""
+    path = run.ingest.table_path("shots", shard)
+    if not path.is_file():
+        return np.zeros(0)
+    shots = read_table(path, SHOTS)
+    first = (
+        shots.filter(pc.greater(shots.column("shot_id"), 0))
+        .column("first_pts")
+        .to_numpy(zero_copy_only=False)
+    )
+    return np.asarray(first, dtype=np.float64)[~np.isnan(np.asarray(first, dtype=np.float64))]
+
+
 def _sequence_rows(seq_id: str, video_id: str, cols: dict[str, Any], rows: list[int]) -> dict[str, Any]:
     frames = cols["frame_idx"][rows]
     pts = cols["pts"][rows]
@@ -242,7 +258,8 @@ def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") 
         np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1]]) if len(seq_ids) else np.zeros(0, np.int64)
     )
     ends = np.r_[starts[1:], len(seq_ids)]
-    qual_cols = ("face_size", "blur", "det_score", "yaw")
+    cols["cut_distance"] = filters.cut_distance(cols["pts"], cut_times(run, shard))
+    qual_cols = ("face_size", "blur", "det_score", "yaw", "cut_distance")
     for a, b in zip(starts, ends, strict=True):
         seq_id = str(seq_ids[a])
         rows = np.arange(a, b)

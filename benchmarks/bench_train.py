@@ -29,7 +29,14 @@ def _load() -> str:
 
 
 def step_rate(
-    chief: str, aux: str, device: str, batch: int, iters: int, identities: int, sequences: int
+    chief: str,
+    aux: str,
+    device: str,
+    batch: int,
+    iters: int,
+    identities: int,
+    sequences: int,
+    warmup: int = 1,
 ) -> float:
     """Images per second of full training steps (forward, losses, backward, SGD, centre update)."""
     torch.manual_seed(0)
@@ -52,7 +59,8 @@ def step_rate(
         [torch.randint(0, identities, (half,)), identities + torch.randint(0, sequences, (batch - half,))]
     )
     y = y.to(device)
-    train_step(model, chief_m, aux_m, opt, x, y, 0, autocast)  # warm-up
+    for _ in range(warmup):
+        train_step(model, chief_m, aux_m, opt, x, y, 0, autocast)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -98,6 +106,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before timing each configuration")
     args = ap.parse_args()
     device = resolve_device(args.device)
     print(
@@ -106,17 +115,20 @@ def main() -> None:
     )
     print(f"load average before: {_load()}")
     ids, seqs = 10_000, 10_000
-    seqface = step_rate("lsr_sphereface", "dsa", device, args.batch, args.iters, ids, seqs)
-    softmax = step_rate("softmax", "", device, args.batch, args.iters, ids, seqs)
+    loaders = {w: loader_rate(args.batch, w) for w in (0, 2)}
+    seqface = step_rate("lsr_sphereface", "dsa", device, args.batch, args.iters, ids, seqs, args.warmup)
+    print(f"  (SeqFace step measured; load average now {_load()})", flush=True)
+    softmax = step_rate("softmax", "", device, args.batch, args.iters, ids, seqs, args.warmup)
     print(
         f"resnet27 128x128 batch {args.batch}, {args.iters} timed steps, {ids} identities + {seqs} sequences:"
     )
+    print(f"  (warm-up steps per configuration: {args.warmup})")
     print(f"  SeqFace step (LSR + DSA):  {seqface:8.2f} images/s")
     print(
         f"  softmax step (baseline):   {softmax:8.2f} images/s   ratio SeqFace/softmax {seqface / softmax:.3f}"
     )
     for workers in (0, 2):
-        rate = loader_rate(args.batch, workers)
+        rate = loaders[workers]
         verdict = "keeps up" if rate >= seqface else "is the bottleneck"
         print(
             f"  loader, {workers} workers:       {rate:8.2f} images/s   ({rate / seqface:.1f}x the step: {verdict})"

@@ -128,7 +128,9 @@ def test_lsr_targets_uniform_and_overlap_switch():
     w = torch.nn.functional.normalize(lsr.weight.detach())
     towards = (w[0] * 10 + 0.01 * torch.randn(x.shape[1], dtype=torch.float64))[None]
     balanced = (w.sum(0) * 0 + torch.linalg.svd(w)[2][-1])[None]  # orthogonal to every class weight
-    assert float(lsr(towards, seq_labels[:1])["loss"]) > float(lsr(balanced, seq_labels[:1])["loss"])
+    assert float(lsr(towards, seq_labels[:1])["loss"].detach()) > float(
+        lsr(balanced, seq_labels[:1])["loss"].detach()
+    )
 
 
 def test_psi_is_monotonic_and_continuous():

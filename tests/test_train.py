@@ -75,18 +75,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data, tmp_path):
     # interrupted at step 3 (mid-epoch: 4 batches per epoch), resumed with a worker process decoding
     part = run_train(_cfg(data, tmp_path / "part", max_steps=3), progress=False)
     assert part["steps"] == 3
+    at3 = _state(tmp_path / "part" / "last.pt")
     resumed = run_train(_cfg(data, tmp_path / "part", max_steps=7, workers=1), progress=False)
     assert resumed["steps"] == 7
     a, b = _state(tmp_path / "full" / "last.pt"), _state(tmp_path / "part" / "last.pt")
     _assert_same(a, b)
     assert not torch.equal(a["aux"]["centres"], torch.zeros_like(a["aux"]["centres"]))  # centres moved
-    # a fresh run (no resume) is not the same as the resumed one after only 3 steps: the test can fail
-    c = _state(tmp_path / "part" / "last.pt")
-    p3 = run_train(_cfg(data, tmp_path / "p3", max_steps=3), progress=False)
-    assert p3["steps"] == 3
-    assert not torch.equal(
-        _state(tmp_path / "p3" / "last.pt")["model"]["fc5.weight"], c["model"]["fc5.weight"]
-    )
+    # the comparison can fail: the weights after 3 steps differ from those after 7
+    assert not torch.equal(at3["model"]["fc5.weight"], b["model"]["fc5.weight"])
 
 
 def test_log_has_every_loss_component_and_checkpoint_is_weights_only(data, tmp_path):

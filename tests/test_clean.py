@@ -275,7 +275,7 @@ def test_stage_removes_each_reason_and_accounts_for_every_face(built):
         assert len(got[(f"{v1}-s00003", reason)]) == 1
     assert got[(f"{v1}-s00004", "too_few_faces")][0]["value"] == 3.0
     rerun = [r for (s, reason), rs in got.items() if reason == "rerun" for r in rs]
-    assert len(rerun) == 1 and rerun[0]["seq_id"] == "bbbbbbbbbbbb-s00001"  # the shorter copy goes
+    assert len(rerun) == 1 and rerun[0]["seq_id"] == "bbbbbbbbbbbb-s00001"  # the first airing stays
     assert f"{v1}-s00005" in rerun[0]["detail"]
     near = got[("bbbbbbbbbbbb-s00000", "near_cut")]
     # faces every 0.2 s, a cut at 0.32 s: the faces at 0.2, 0.4 and 0.6 s are within 0.3 s, the one at 0 s is not
@@ -363,3 +363,27 @@ def test_cli_clean_without_embed_is_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["clean", str(tmp_path / "nothing")])
     assert result.exit_code != 0
     assert "seqbuild embed" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_find_reruns_keeps_the_first_airing_and_needs_face_level_match():
+    from seqbuild.clean.stage import centres_schema, find_reruns
+
+    a = faces_of(person(), 8)
+    later_copy = unit(a + 0.005 * RNG.normal(size=a.shape)).astype(np.float32)
+    same_person_other_footage = faces_of(unit(a.mean(axis=0)), 8, spread=0.15)  # close centre, new pictures
+    faces = {"v-s00000": a[:5], "v-s00003": later_copy, "v-s00004": same_person_other_footage}
+    rows = [
+        {
+            "seq_id": s,
+            "video_id": "v",
+            "n_faces": len(f),
+            "first_frame": 100 * k,
+            "centre": unit(f.mean(axis=0)).tolist(),
+        }
+        for k, (s, f) in enumerate(faces.items())
+    ]
+    centres = pa.Table.from_pylist(rows, schema=centres_schema(DIM))
+    assert float(np.dot(rows[0]["centre"], rows[2]["centre"])) > 0.9  # a rerun candidate by centre...
+    out = find_reruns(centres, faces, cfg(rerun_face_threshold=0.98, rerun_min_share=0.5))
+    assert [(r["seq_id"], r["reason"]) for r in out] == [("v-s00003", "rerun")]  # ...but not a copy
+    assert "copy of v-s00000" in out[0]["detail"] and out[0]["value"] >= 0.5

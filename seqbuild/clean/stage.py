@@ -59,6 +59,7 @@ def centres_schema(dim: int) -> pa.Schema:
             pa.field("seq_id", pa.string(), nullable=False),
             pa.field("video_id", pa.string(), nullable=False),
             pa.field("n_faces", pa.int32(), nullable=False),
+            pa.field("first_frame", pa.int64(), nullable=False),
             pa.field("centre", pa.list_(pa.float32(), dim), nullable=False),
         ]
     )
@@ -286,6 +287,7 @@ def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") 
                     "seq_id": out_id,
                     "video_id": video_id,
                     "n_faces": len(idx),
+                    "first_frame": int(cols["frame_idx"][idx].min()),
                     "centre": filters.normalise(emb[idx].mean(axis=0)),
                 }
             )
@@ -352,14 +354,14 @@ def getattr_schema(name: str) -> pa.Schema:
 def find_reruns(centres: pa.Table, faces: dict[str, np.ndarray], cfg: CleanConfig) -> list[dict[str, Any]]:
     """Rerun copies among sequences: FAISS k-NN over centres above ``rerun_threshold``, confirmed when
     ``rerun_min_share`` of the shorter sequence's faces have a match above ``rerun_face_threshold``.
-    In each group of copies the sequence with most faces (then the first by id) is kept; the others
-    are returned as removal rows."""
+    In each group of copies the first airing is kept (the earliest sequence of the first video in id
+    order: within a video, the original before its reruns); the others are returned as removal rows."""
     n = centres.num_rows
     if n < 2:
         return []
     ids = centres.column("seq_id").to_pylist()
     videos = centres.column("video_id").to_pylist()
-    sizes = centres.column("n_faces").to_numpy()
+    first = centres.column("first_frame").to_numpy()
     dim = centres.schema.field("centre").type.list_size
     mat = np.ascontiguousarray(
         np.asarray(
@@ -396,7 +398,7 @@ def find_reruns(centres: pa.Table, faces: dict[str, np.ndarray], cfg: CleanConfi
         groups.setdefault(find(i), []).append(i)
     rows = []
     for members in groups.values():
-        keep = min(members, key=lambda m: (-int(sizes[m]), ids[m]))
+        keep = min(members, key=lambda m: (videos[m], int(first[m]), ids[m]))
         for m in members:
             if m == keep:
                 continue

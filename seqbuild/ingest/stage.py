@@ -13,8 +13,10 @@ import dataclasses
 import hashlib
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,16 @@ VIDEO_EXTENSIONS = frozenset(
 )
 """File extensions picked up when a folder is given as input."""
 
-HASH_IGNORES = ("inputs", "workers", "retry_failed", "device", "batch_size", "reconnect_attempts", "timeout")
+HASH_IGNORES = (
+    "inputs",
+    "workers",
+    "threads",
+    "retry_failed",
+    "device",
+    "batch_size",
+    "reconnect_attempts",
+    "timeout",
+)
 """Config keys that do not change what ingest writes (a changed device only moves floats in the last bits)."""
 
 DETECTION_FLUSH_ROWS = 1024
@@ -217,6 +228,15 @@ class ShardBuilder:
 
     def feed(self, frame: Frame, index: int) -> None:
         """Add the shard's frame number ``index`` (decoded ``frame``)."""
+        item = self.scan(frame, index)
+        if item is not None:
+            self.add(item)
+
+    def scan(self, frame: Frame, index: int) -> tuple[int, float, int, np.ndarray] | None:
+        """Cut detection and shot bookkeeping for one frame; the frame as a detection item when it is due.
+
+        Only this method touches the shots, so it may run in a decoding thread ahead of :meth:`add`.
+        """
         if self._thumb is None:
             self.width, self.height = int(frame.frame.width), int(frame.frame.height)
             self._thumb = thumbnail_size(self.width, self.height)
@@ -242,9 +262,14 @@ class ShardBuilder:
         self.last_pts = frame.pts
         self.frames_read += 1
         if (index - self._shot_first) % self.cfg.detect_every == 0:
-            self._pending.append((index, frame.pts, len(self.shots) - 1, frame.rgb()))
-            if len(self._pending) >= self.cfg.batch_size:
-                self._run_detector()
+            return (index, frame.pts, len(self.shots) - 1, frame.rgb())
+        return None
+
+    def add(self, item: tuple[int, float, int, np.ndarray]) -> None:
+        """Queue a frame for detection (from :meth:`scan`); detect once a batch is full."""
+        self._pending.append(item)
+        if len(self._pending) >= self.cfg.batch_size:
+            self._run_detector()
 
     def _run_detector(self) -> None:
         if not self._pending:
@@ -363,17 +388,70 @@ def failed_row(
 
 def ingest_source(task: IngestTask) -> dict[str, Any]:
     """Ingest one source into its shard(s) and return a small summary (never raises for bad input)."""
+    import torch
+
     cfg = build(IngestConfig, task.cfg)
     store = RunDir(task.run).ingest
-    if cfg.workers > 1:
-        import torch
-
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif cfg.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
-    if is_url(task.source):
-        from .live import ingest_stream
+    try:
+        if is_url(task.source):
+            from .live import ingest_stream
 
-        return ingest_stream(task, cfg, store)
-    return ingest_file(task, cfg, store)
+            return ingest_stream(task, cfg, store)
+        return ingest_file(task, cfg, store)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+_END = object()
+
+
+def _scan_ahead(container: Any, builder: ShardBuilder, depth: int) -> Iterator[tuple[int, Any]]:
+    """Decode and scan frames in a thread, ``depth`` frames ahead of the detector.
+
+    FFmpeg decoding, the thumbnails and the RGB conversions release the GIL, so they run on one core
+    while the detector works on another. Yields ``(frames scanned, detection item or None)``; an
+    error in decoding is raised here, after the frames before it.
+    """
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for frame in iter_frames(container):
+                if not put((1, builder.scan(frame, frame.index))):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+            return
+        put(_END)
+
+    thread = threading.Thread(target=produce, name="ingest-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value = out.get()
+            if value is _END:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def ingest_file(task: IngestTask, cfg: IngestConfig, store: ShardStore) -> dict[str, Any]:
@@ -395,10 +473,11 @@ def ingest_file(task: IngestTask, cfg: IngestConfig, store: ShardStore) -> dict[
         status, error = "ok", None
         bar = _frame_bar(task, info.frames)
         try:
-            for frame in iter_frames(container):
-                builder.feed(frame, frame.index)
+            for n, item in _scan_ahead(container, builder, depth=2 * cfg.batch_size):
+                if item is not None:
+                    builder.add(item)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(n)
         except (av.error.FFmpegError, OSError) as exc:
             status = "partial" if builder.frames_read else "failed"
             where = f"at frame {builder.frames_read}" + (

@@ -41,7 +41,10 @@ def _ref_cosine_loss(x, w, labels, c, scale, margin, lam, lsr, overlap_removed=T
                 k = math.floor(4 * float(theta.detach()) / math.pi)
                 psi = (-1) ** k * torch.cos(4 * theta) - 2 * k
             elif margin == "arcface":
-                psi = torch.cos(torch.acos(cos[y]) + 0.5)
+                theta = torch.acos(cos[y])
+                # insightface's fallback once theta + m passes pi: cos(theta) - m sin(m)
+                fallback = cos[y] - math.sin(math.pi - 0.5) * 0.5
+                psi = torch.cos(theta + 0.5) if float(theta.detach()) + 0.5 < math.pi else fallback
             else:
                 psi = cos[y] - 0.35
             logits[y] = scale * (lam * cos[y] + psi) / (1 + lam)
@@ -68,6 +71,7 @@ def _ref_cosine_loss(x, w, labels, c, scale, margin, lam, lsr, overlap_removed=T
 def test_chief_loss_matches_equations_values_and_gradients(name, margin, lam, lsr):
     x, labels = _data()
     c = 3
+    torch.manual_seed(0)
     loss = CHIEF_LOSSES.create(name, c, x.shape[1], scale=4.0).double()
     w = loss.weight.detach().clone()
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -261,3 +265,13 @@ def test_unknown_loss_names_are_config_errors():
         CHIEF_LOSSES.create("nope", 3, 4)
     with pytest.raises(ConfigError, match="nope"):
         AUX_LOSSES.create("nope", 3, 4, 5)
+
+
+def test_arcface_fallback_branch_matches_equation():
+    """Past theta + m = pi the target is cos(theta) - m sin(m), continuous with cos(theta + m)."""
+    from seqbuild.train.losses import arcface_target
+
+    theta = torch.tensor([0.3, 2.0, math.pi - 0.5 - 1e-3, 3.0], dtype=torch.float64)
+    got = arcface_target(torch.cos(theta), 0.5)
+    want = [math.cos(0.8), math.cos(2.5), math.cos(math.pi - 1e-3), math.cos(3.0) - 0.5 * math.sin(0.5)]
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), atol=1e-9)

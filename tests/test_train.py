@@ -255,3 +255,22 @@ def test_stage_entry_uses_the_run_dataset(data, tmp_path):
     cfg = _cfg(data, "", sequences=[], max_steps=1)
     out = run_train_stage(run, cfg, progress=False)
     assert out["sequences"] == 6 and (run / "train" / "last.pt").exists()
+
+
+def test_undecodable_crop_is_skipped_not_fatal(data, tmp_path):
+    import pyarrow as pa
+
+    from seqbuild.schema import FACES
+    from seqbuild.storage import read_table, write_table
+
+    run = tmp_path / "run"
+    make_final_dataset(run, sequences=3, per_sequence=4)
+    path = next((run / "dataset" / "faces").glob("*.parquet"))
+    table = read_table(path, FACES)
+    images = table.column("image").to_pylist()
+    images[0] = b"\xff\xd8 broken"
+    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+    write_table(path, table, FACES, "faces")
+    out = run_train(_cfg(data, tmp_path / "o", sequences=[str(run)], max_steps=8, amp="bf16"), progress=False)
+    assert out["steps"] == 8 and out["undecodable_images_skipped"] >= 1
+    assert out["final_loss"] == out["final_loss"]  # bf16 autocast on CPU, losses in fp32: finite

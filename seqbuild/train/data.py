@@ -141,7 +141,12 @@ class FaceImages(torch.utils.data.Dataset):
         try:
             rgb = decode_jpeg(data)
         except ValueError:
-            raise InputError(f"training image #{index}: undecodable JPEG") from None
+            # one bad crop must not stop a long run: the trainer drops label -1 samples from the batch
+            kind = "identity" if part == 0 else "sequence"
+            log.warning(
+                "%s image #%d (label %d): undecodable JPEG, skipped", kind, pos, int(self.labels[index])
+            )
+            return torch.zeros(3, self.crop_size, self.crop_size), -1
         rng = np.random.default_rng(seed) if seed >= 0 else None
         crop = prepare_crop(rgb, self.image_size, self.crop_size, rng)
         return normalise(crop), int(self.labels[index])

@@ -305,7 +305,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=min(step, total), desc="train", unit="step")
-    t0, seen, comps = time.perf_counter(), 0, {}
+    t0, seen, comps, skipped = time.perf_counter(), 0, {}, 0
     train_model.train()
     pin = device.startswith("cuda")
     try:
@@ -316,6 +316,10 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                     break
                 for group in optimiser.param_groups:
                     group["lr"] = lr_at(step, cfg.lr, cfg.lr_steps, cfg.lr_gamma)
+                valid = labels >= 0
+                if not bool(valid.all()):
+                    skipped += int((~valid).sum())
+                    images, labels = images[valid], labels[valid]
                 images = images.to(device, non_blocking=True)
                 if device.startswith("cuda") and cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
@@ -362,6 +366,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         "sequences": num_seq,
         "sequence_images": len(seqs),
         "checkpoint": str(last),
+        "undecodable_images_skipped": skipped,
         "images_per_s": round(seen / elapsed, 2) if elapsed > 0 and seen else 0.0,
         "final_loss": round(comps.get("loss", float("nan")), 5) if comps else None,
     }

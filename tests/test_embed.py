@@ -229,3 +229,18 @@ def test_cli_embed(cache, tmp_path, aligned_faces, facenet, allow_error_logs):
     assert "done=1" in result.output and (run.root / "config.toml").is_file()
     missing = CliRunner().invoke(cli, ["embed", str(tmp_path / "none")])
     assert missing.exit_code != 0 and "seqbuild track" in missing.output
+
+
+def test_embed_stage_undecodable_crop_names_the_face(
+    cache, tmp_path, aligned_faces, facenet, allow_error_logs
+):
+    run = make_run(tmp_path / "run", aligned_faces[:2], vids=("aaaaaaaaaaaa",))
+    path = run.ingest.table_path("detections", "aaaaaaaaaaaa")
+    det = read_table(path, DETECTIONS)
+    images = det.column("image").to_pylist()
+    images[1] = b"junk"
+    det = det.set_column(det.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+    write_table(path, det, DETECTIONS, "d")
+    summary = run_embed(run.root, EmbedConfig(device="cpu", batch_size=4), progress=False)
+    assert summary["failed"] == 1 and "aaaaaaaaaaaa-f00000001-00" in summary["errors"][0]
+    assert not run.embed.table_path("embeddings", "aaaaaaaaaaaa").exists()

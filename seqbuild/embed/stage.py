@@ -49,16 +49,16 @@ def shard_hash(run: RunDir, cfg: EmbedConfig, shard: str) -> str:
     return config_hash({**{k: v for k, v in vars(cfg).items() if k not in _HASH_IGNORE}, "track": upstream})
 
 
-def embed_faces(embedder: Embedder, images: list[bytes], face_ids: list[str]) -> np.ndarray:
-    """Embeddings of JPEG crops, decoded and embedded a chunk at a time."""
+def embed_faces(embedder: Embedder, images: pa.ChunkedArray | pa.Array, face_ids: list[str]) -> np.ndarray:
+    """Embeddings of JPEG crops, decoded and embedded a chunk at a time (bounded memory)."""
     out = np.zeros((len(images), embedder.dim), np.float32)
     for start in range(0, len(images), CHUNK):
         crops = []
-        for face_id, data in zip(face_ids[start : start + CHUNK], images[start : start + CHUNK], strict=True):
+        for k, data in enumerate(images.slice(start, CHUNK).to_pylist()):
             try:
                 crops.append(decode_jpeg(data))
             except ValueError:
-                raise SeqbuildError(f"face {face_id}: undecodable crop image") from None
+                raise SeqbuildError(f"face {face_ids[start + k]}: undecodable crop image") from None
         out[start : start + len(crops)] = embedder.embed(crops)
     return out
 
@@ -96,7 +96,7 @@ def embed_video(task: EmbedTask) -> dict[str, Any]:
                 f"{run.ingest.table_path('detections', task.shard)}: {missing} tracked faces have no detection row"
             )
         embedder = get_embedder(task.cfg)
-        vectors = embed_faces(embedder, det.column("image").to_pylist(), det.column("face_id").to_pylist())
+        vectors = embed_faces(embedder, det.column("image"), det.column("face_id").to_pylist())
         schema = embeddings_schema(embedder.dim)
         table = pa.table(
             {

@@ -189,9 +189,10 @@ def markdown(results: list[dict], command: str) -> str:
         naive = r.get("naive")
         lines.append(
             f"| {r['video']} | {r['frames']} | {r['config']['detect_every']} / {r['config']['min_face']} | "
-            f"{r['frames_per_second']} | {r['realtime_factor']}x | "
+            f"{r['frames_per_second']} | {r['realtime_factor']}x | {r['cpu_seconds_per_video_second']} | "
             + (
-                f"{naive['frames_per_second']} ({naive['frames']} frames) | {r['speedup_vs_naive']}x"
+                f"{naive['frames_per_second']} ({naive['frames']} frames) | "
+                f"{r['speedup_vs_naive']}x / {r['cpu_speedup_vs_naive']}x"
                 if naive
                 else "- | -"
             )

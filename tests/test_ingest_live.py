@@ -178,3 +178,17 @@ def test_committed_segments_survive_a_kill_and_numbering_continues(tmp_path):
     last_old = max(int(v.rsplit("-p", 1)[1]) for v in survived)
     new = [v for v in segments if v not in survived]
     assert new and min(int(v.rsplit("-p", 1)[1]) for v in new) == last_old + 1
+
+
+@pytest.mark.timeout(120)
+def test_stream_stops_after_duration(tmp_path):
+    data = make_ts(tmp_path / "clip.ts")
+    run = tmp_path / "run"
+    with DroppingFeed(data, parts=1) as feed:
+        summary = run_ingest(run, stream_cfg(feed.url, duration=1.5, reconnect_attempts=0), progress=False)
+    assert summary["ok"] == 1
+    rows = videos(run)
+    segments = rows[rows.kind == "segment"]
+    assert len(segments) == 2  # one whole second, then the half second read before the limit
+    assert abs(int(segments.frames_read.sum()) - 1.5 * FPS) <= 2
+    assert rows[rows.kind == "stream"].duration.iloc[0] == pytest.approx(1.5, abs=0.05)

@@ -387,3 +387,12 @@ def test_find_reruns_keeps_the_first_airing_and_needs_face_level_match():
     out = find_reruns(centres, faces, cfg(rerun_face_threshold=0.98, rerun_min_share=0.5))
     assert [(r["seq_id"], r["reason"]) for r in out] == [("v-s00003", "rerun")]  # ...but not a copy
     assert "copy of v-s00000" in out[0]["detail"] and out[0]["value"] >= 0.5
+
+
+def test_video_without_tracked_faces_is_cleaned_to_empty_tables(tmp_path):
+    run = RunDir(tmp_path / "run")
+    write_video(run, "cccccccccccc", {})
+    write_video(run, "dddddddddddd", {"x": faces_of(person(), 6)})
+    summary = run_clean(run.root, cfg(), progress=False)
+    assert summary["done"] == 2 and summary["failed"] == 0 and summary["faces"] == 6
+    assert read_table(run.clean.table_path("assignments", "cccccccccccc"), ASSIGNMENTS).num_rows == 0

@@ -258,7 +258,7 @@ def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") 
     starts = (
         np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1]]) if len(seq_ids) else np.zeros(0, np.int64)
     )
-    ends = np.r_[starts[1:], len(seq_ids)]
+    ends = np.r_[starts[1:], len(seq_ids)] if len(seq_ids) else np.zeros(0, np.int64)
     cols["cut_distance"] = filters.cut_distance(cols["pts"], cut_times(run, shard))
     qual_cols = ("face_size", "blur", "det_score", "yaw", "cut_distance")
     for a, b in zip(starts, ends, strict=True):

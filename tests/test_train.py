@@ -274,3 +274,11 @@ def test_undecodable_crop_is_skipped_not_fatal(data, tmp_path):
     out = run_train(_cfg(data, tmp_path / "o", sequences=[str(run)], max_steps=8, amp="bf16"), progress=False)
     assert out["steps"] == 8 and out["undecodable_images_skipped"] >= 1
     assert out["final_loss"] == out["final_loss"]  # bf16 autocast on CPU, losses in fp32: finite
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_and_checkpoints(data, tmp_path):
+    out = run_train(_cfg(data, tmp_path / "c", max_steps=2, compile=True), progress=False)
+    assert out["steps"] == 2
+    state = load_checkpoint(tmp_path / "c" / "last.pt")
+    assert not any("_orig_mod" in k for k in state["model"])

@@ -324,28 +324,29 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 if device.startswith("cuda") and cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 labels = labels.to(device, non_blocking=True)
-                comps = train_step(
-                    train_model,
-                    chief,
-                    aux,
-                    optimiser,
-                    images,
-                    labels,
-                    step,
-                    autocast,
-                    scaler,
-                    cfg.aux_normalise,
-                )
+                if len(labels):  # a batch whose every crop was undecodable only advances the position
+                    comps = train_step(
+                        train_model,
+                        chief,
+                        aux,
+                        optimiser,
+                        images,
+                        labels,
+                        step,
+                        autocast,
+                        scaler,
+                        cfg.aux_normalise,
+                    )
                 step += 1
                 batch_in_epoch += 1
                 seen += len(labels)
                 if batch_in_epoch >= sampler.batches_per_epoch:
                     epoch, batch_in_epoch = epoch + 1, 0
-                if logs is not None and (step % cfg.log_every == 0 or step == total):
+                if logs is not None and comps and (step % cfg.log_every == 0 or step == total):
                     logs.write({"step": step, "epoch": epoch, "lr": optimiser.param_groups[0]["lr"], **comps})
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{comps['loss']:.3f}")
+                    bar.set_postfix(loss=f"{comps.get('loss', float('nan')):.3f}")
                 if step % cfg.checkpoint_every == 0:
                     save(last)
             else:

@@ -174,6 +174,13 @@ def main() -> None:
     decode_wall = time.perf_counter() - t0
     one = run_chain(out / "x1", video, gallery)
     figures = score(media / "dev_broadcast.gt.json", out / "x1" / "dataset")
+    from seqbuild.dataset import export_stage
+    from seqbuild.layout import RunDir
+
+    per_stage = {}
+    for stage in ("track", "clean"):
+        export_stage(RunDir(out / "x1"), stage, out / f"x1_after_{stage}")
+        per_stage[stage] = score(media / "dev_broadcast.gt.json", out / f"x1_after_{stage}")
 
     from seqbuild.report import write_report
 
@@ -204,6 +211,7 @@ def main() -> None:
         "x1": one,
         "long": long,
         "score": figures,
+        "score_after_stage": per_stage,
         "report": str(page),
         "screenshot": str(shot) if rendered else None,
     }

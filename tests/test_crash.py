@@ -265,7 +265,7 @@ def _clips(folder: Path) -> list[str]:
     out = []
     for i, shots in enumerate(specs):
         made = make_demo_broadcast(
-            folder, name=f"clip{i}", spec=DemoSpec(shots=shots, seed=i), gallery_identities=()
+            folder, name=f"clip{i}", spec=DemoSpec(shots=shots, seed=i), gallery_identities=("grace_hopper",)
         )
         out.append(str(made.video))
     return out
@@ -283,9 +283,11 @@ def _built_stages() -> list[str]:
 def _chain_toml(path: Path, clips: list[str], stages: list[str]) -> Path:
     names = ", ".join(f'"{s}"' for s in stages)
     inputs = ", ".join(f'"{c}"' for c in clips)
+    gallery = Path(clips[0]).parent / "gallery"
     path.write_text(
         f"[run]\nstages = [{names}]\n[ingest]\ninputs = [{inputs}]\ndetect_every = 5\n"
-        '[track]\nmin_faces = 2\n[embed]\ndevice = "cpu"\n'
+        '[track]\nmin_faces = 2\n[embed]\ndevice = "cpu"\n[clean]\nmin_faces = 2\n'
+        f'[dedup_overlap]\ngalleries = ["{gallery}"]\n'
     )
     return path
 

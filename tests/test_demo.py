@@ -72,7 +72,7 @@ def test_a_face_is_detected_inside_every_pane_and_none_on_slates(demo):
     from facenet_pytorch import MTCNN
 
     _, gt, frames = demo
-    mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=40)
+    mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=60)
     for shot in gt["shots"]:
         t = (shot["start"] + shot["end"]) // 2
         boxes, probs = mtcnn.detect(frames[t])

@@ -192,3 +192,36 @@ def test_stream_stops_after_duration(tmp_path):
     assert len(segments) == 2  # one whole second, then the half second read before the limit
     assert abs(int(segments.frames_read.sum()) - 1.5 * FPS) <= 2
     assert rows[rows.kind == "stream"].duration.iloc[0] == pytest.approx(1.5, abs=0.05)
+
+
+@pytest.mark.timeout(120)
+def test_a_finite_file_over_http_is_read_once(tmp_path):
+    """A URL whose container has a known length is over at its end: no reconnection reads it again."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    mp4 = tmp_path / "clip.mp4"
+    with av.open(str(mp4), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(50):
+            img = np.full((120, 160, 3), (i * 5) % 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        summary = run_ingest(tmp_path / "run", stream_cfg(url, reconnect_attempts=3), progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary["ok"] == 1 and summary["frames"] == 50

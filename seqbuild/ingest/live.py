@@ -101,6 +101,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                 fps = fps or info.fps
                 width, height = width or info.width, height or info.height
                 first_of_connection = True
+                connection_first_pts: float | None = None
                 try:
                     for frame in iter_frames(container):
                         pts = frame.pts + offset
@@ -124,6 +125,8 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                         elif last_pts is not None:
                             read_seconds += max(0.0, pts - last_pts)
                         frame.pts = pts
+                        if connection_first_pts is None:
+                            connection_first_pts = frame.pts - offset
                         if seg_start_pts is None:
                             seg_start_pts = pts
                         if pts - seg_start_pts >= cfg.segment_seconds:
@@ -141,6 +144,15 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                         if cfg.duration and read_seconds >= cfg.duration:
                             done = True
                             break
+                    # A source with a known length (a file served over HTTP, a finished recording) that
+                    # was read to its end is over: reconnecting would only read it again.
+                    if (
+                        info.duration
+                        and connection_first_pts is not None
+                        and last_pts is not None
+                        and last_pts - offset >= connection_first_pts + info.duration - 1.0
+                    ):
+                        done = True
                 except (av.error.FFmpegError, OSError) as exc:
                     log.warning("%s: stream read failed at %.2f s: %s", task.source, last_pts or 0.0, exc)
             finally:

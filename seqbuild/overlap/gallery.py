@@ -49,17 +49,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST = "manifest.json"
 GALLERY_FORMAT = 1
 
-CENTRE_THRESHOLDS: dict[str, float] = {"facenet": 0.35}
+CENTRE_THRESHOLDS: dict[str, float] = {"facenet": 0.45}
 """Default cosine threshold between a sequence centre and a gallery identity centre, per embedder.
 
-facenet 0.35, from benchmarks/bench_overlap.py (docs/benchmarks.md): the centres of sequences of twelve
-people absent from the gallery (six talk clips, a street crowd, two audience members of a broadcast)
-scored at most 0.31 against any gallery identity; genuine scores on video ranged from 0.44 (a small, dark,
-three-quarter audience face) to 0.78, and 0.65-0.79 between gallery photos of one person. It sits below
-the face-pair equal-error threshold (0.45) on purpose: a gallery person left in the data leaks a test or
-training identity, while a wrong removal costs one sequence. Two gallery photos of different people
-reached 0.47, so galleries of many thousands of identities (whose best impostor score grows with their
-size) may need a higher per-gallery threshold or a stronger embedder.
+facenet 0.45, from benchmarks/bench_overlap.py (docs/benchmarks.md), with FaceNet's "fixed" input
+standardisation (the one the model was trained with) on both sides: the centres of sequences of people
+absent from the gallery (five talk clips, a street crowd, two audience members) scored at most 0.36
+against any gallery identity, while gallery people on video scored 0.58 (a small, dark, three-quarter
+audience face) and 0.78; 0.45 sits in the middle of that gap. With "prewhiten" standardisation the same faces do not separate (strangers up
+to 0.53, the audience face of a gallery person 0.45), whatever the threshold. Galleries of many
+thousands of identities (whose best impostor score grows with their size) may need a higher
+per-gallery threshold or a stronger embedder.
 An embedder missing here falls back to its own ``same_identity_threshold`` (a face-pair threshold).
 """
 

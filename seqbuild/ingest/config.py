@@ -16,9 +16,9 @@ class IngestConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N", choices=None)
     # 8 frames is 0.27-0.32 s at broadcast rates (25-30 fps): short enough for a constant-velocity
     # tracker to bridge and for any person on screen for 2 s to be seen several times (each shot's first
-    # frame is always searched as well); long enough that MTCNN on 720p (about 0.1 CPU-second a frame
-    # here) leaves 2 CPU cores ahead of real time 3 times over. Consecutive frames are near duplicates,
-    # which clean would remove anyway. See docs/benchmarks.md for the measurement.
+    # frame is always searched as well); sparse enough that 720p broadcast ingests at 3.8x real time on
+    # 2 CPU cores (decoding and cut detection, not MTCNN, are then most of the cost). Consecutive frames
+    # are near duplicates, which clean would remove anyway. See docs/benchmarks.md for the measurements.
     detect_every: int = option(
         8, "run the detector on every k-th frame of a shot (and always on a shot's first frame)", min=1
     )

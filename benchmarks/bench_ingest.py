@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print (and with --write-docs, record) the results."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", nargs="*", default=["dev_broadcast.mp4", "clips/crowd_walk.mp4"])
-    ap.add_argument("--naive-frames", type=int, default=50, help="frames of the naive loop (0 = skip it)")
+    ap.add_argument("--naive-frames", type=int, default=20, help="frames of the naive loop (0 = skip it)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--detect-every", type=int, default=None)
     ap.add_argument("--min-face", type=int, default=None)

@@ -1,13 +1,14 @@
 """Cleaning options and their defaults.
 
 The similarity thresholds are cosine similarities of the default embedder (offline FaceNet 20180408 on
-the prewhitened aligned crop). They sit between the genuine and impostor distributions measured on real
-faces by benchmarks/bench_embed.py (docs/benchmarks.md): a face against the centre of the other faces of
-its person (genuine lowest ~0.80) vs against other people's centres (impostor highest ~0.71) for
-``noise_threshold``; centres of two halves of one person (lowest ~0.91) vs centres of two people
-(highest ~0.69) for ``two_identity_threshold``. The near-duplicate and rerun face thresholds sit where
-crops of (nearly) the same picture lie (>= 0.985), above consecutive faces of one talking person. Another
-embedder needs its own thresholds: `seqbuild clean --dry-run` shows the distributions.
+the aligned crop with fixed standardisation). They sit between the genuine and impostor distributions
+measured on real faces by benchmarks/bench_embed.py (docs/benchmarks.md): a face against the centre of
+the other faces of its person (genuine lowest ~0.66) vs against other people's centres (impostor 99th
+percentile ~0.63) for ``noise_threshold``; centres of two halves of one person (lowest ~0.85) vs centres
+of two people (highest ~0.65) for ``two_identity_threshold`` (the midpoint). The near-duplicate and rerun
+face thresholds sit where crops of (nearly) the same picture lie (>= 0.985), above consecutive faces of
+one talking person. Another embedder needs its own thresholds: `seqbuild clean --dry-run` shows the
+distributions.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ class CleanConfig:
     """Options of `seqbuild clean`."""
 
     noise_threshold: float = option(
-        0.75, "faces less similar than this to the sequence centre are noise", min=-1.0, max=1.0
+        0.6, "faces less similar than this to the sequence centre are noise", min=-1.0, max=1.0
     )
     split_policy: str = option(
         "drop", "a sequence with two clear groups: drop | split", choices=("drop", "split")
     )
     two_identity_threshold: float = option(
-        0.8, "two groups whose centres are less similar than this are two people", min=-1.0, max=1.0
+        0.75, "two groups whose centres are less similar than this are two people", min=-1.0, max=1.0
     )
     min_group_faces: int = option(3, "faces each group needs before a sequence counts as two people", min=1)
     near_dup_threshold: float = option(

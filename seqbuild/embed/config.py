@@ -15,4 +15,9 @@ class EmbedConfig:
     weights: str = option("", "weights file; empty = the model's default (offline FaceNet for facenet)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     batch_size: int = option(64, "crops per forward pass", min=1)
+    normalisation: str = option(
+        "fixed",
+        "facenet input standardisation: fixed = (x - 127.5) / 128 as the model was trained | prewhiten",
+        choices=("fixed", "prewhiten"),
+    )
     workers: int = option(1, "videos processed in parallel", min=1)

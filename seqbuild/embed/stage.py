@@ -35,10 +35,14 @@ CHUNK = 1024  # crops decoded at a time (bounded memory on long videos)
 
 def get_embedder(cfg: EmbedConfig) -> Embedder:
     """The embedder of ``cfg``, created once per process."""
-    key = (cfg.model, cfg.weights, cfg.device, cfg.batch_size)
+    key = (cfg.model, cfg.weights, cfg.device, cfg.batch_size, cfg.normalisation)
     if key not in _EMBEDDERS:
         _EMBEDDERS[key] = create_embedder(
-            cfg.model, weights=cfg.weights, device=cfg.device, batch_size=cfg.batch_size
+            cfg.model,
+            weights=cfg.weights,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            normalisation=cfg.normalisation,
         )
     return _EMBEDDERS[key]
 
@@ -64,10 +68,12 @@ def embed_faces(embedder: Embedder, images: pa.ChunkedArray | pa.Array, face_ids
 
 
 def model_id(embedder: Embedder) -> str:
-    """``name:weights-file-name`` (or the name alone), stored with every vector so that later stages and
-    galleries can tell which model made it."""
+    """``name:weights-file-name[:normalisation]``, stored with every vector so that later stages and
+    galleries can tell which model (and input standardisation) made it."""
     weights = Path(str(getattr(embedder, "weights", "") or "")).name
-    return f"{embedder.name}:{weights}" if weights else embedder.name
+    norm = getattr(embedder, "normalisation", "fixed")
+    tag = f"{embedder.name}:{weights}" if weights else embedder.name
+    return tag if norm == "fixed" else f"{tag}:{norm}"
 
 
 @dataclass

@@ -39,6 +39,11 @@ class OverlapConfig:
         "", "embedder for built galleries; empty = the one RUN/embed used (facenet outside a run)"
     )
     weights: str = option("", "embedder weights; empty = the model's offline default")
+    normalisation: str = option(
+        "fixed",
+        "facenet input standardisation of gallery photos (must match the run's embed stage)",
+        choices=("fixed", "prewhiten"),
+    )
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     detector: str = option("mtcnn", "face detector for gallery photos, by registry name")
     min_face: int = option(40, "smallest face side (source pixels) looked for in gallery photos", min=12)

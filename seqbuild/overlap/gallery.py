@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import config_hash
+from ..embed.stage import model_id
 from ..errors import InputError
 from ..schema import gallery_identities_schema, gallery_images_schema
 from ..storage import read_table, table_metadata, write_json_atomic, write_table
@@ -354,17 +355,14 @@ def embed_items(
 # --------------------------------------------------------------------------- building
 
 
-def model_id(embedder: Any) -> str:
-    """``name:weights-file-name``, as the embed stage writes in its ``model`` column."""
-    weights = Path(str(getattr(embedder, "weights", "") or "")).name
-    return f"{embedder.name}:{weights}" if weights else str(embedder.name)
-
-
 def same_model(a: str, b: str) -> bool:
-    """True when two model ids name the same embedder (and the same weights, where both say which)."""
-    name_a, _, weights_a = a.partition(":")
-    name_b, _, weights_b = b.partition(":")
-    return name_a == name_b and (not weights_a or not weights_b or weights_a == weights_b)
+    """True when two model ids name the same embedder, standardisation and (where both say) weights."""
+    name_a, _, rest_a = a.partition(":")
+    name_b, _, rest_b = b.partition(":")
+    weights_a, _, norm_a = rest_a.partition(":")
+    weights_b, _, norm_b = rest_b.partition(":")
+    same_weights = not weights_a or not weights_b or weights_a == weights_b
+    return name_a == name_b and norm_a == norm_b and same_weights
 
 
 def default_threshold(model: str, embedder: Any | None = None) -> float:
@@ -453,7 +451,9 @@ def build_gallery(
         if embedder is None:
             from ..embed.models import create_embedder
 
-            embedder = create_embedder(model, weights=cfg.weights, device=cfg.device)
+            embedder = create_embedder(
+                model, weights=cfg.weights, device=cfg.device, normalisation=cfg.normalisation
+            )
         if detector is None and not cfg.prealigned:
             from ..ingest.detect import create_detector
 

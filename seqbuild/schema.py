@@ -62,7 +62,9 @@ _FACE_COLUMNS = [
     pa.field("det_score", pa.float32(), nullable=False),
     pa.field("face_size", pa.float32()),  # sqrt(box area) in source pixels
     pa.field("blur", pa.float32()),  # variance of the Laplacian of the aligned crop (higher = sharper)
-    pa.field("yaw", pa.float32()),  # -1..1 from landmark geometry (0 = frontal)
+    pa.field(
+        "yaw", pa.float32()
+    ),  # -1..1: head turn as a fraction of 90 degrees, from landmarks (0 = frontal)
     pa.field("roll", pa.float32()),  # degrees, angle of the eye line
     pa.field("image", pa.binary(), nullable=False),  # JPEG of the 144x144 aligned crop
 ]

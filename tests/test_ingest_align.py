@@ -92,9 +92,15 @@ def test_pose_from_landmarks():
     pts = template_points(144)
     yaw, roll = pose_from_landmarks(pts)
     assert abs(yaw) < 0.05 and abs(roll) < 0.5
+    half_eyes = float(np.hypot(*(pts[1] - pts[0]))) / 2.0
+    mid_x = float((pts[0, 0] + pts[1, 0] + pts[3, 0] + pts[4, 0]) / 4.0)
     turned = pts.copy()
-    turned[2, 0] += 15.0  # nose towards the image right
-    assert pose_from_landmarks(turned)[0] > 0.5
+    turned[2, 0] = mid_x + half_eyes  # nose offset = half the eye distance: tan(angle) = 1, a 45-degree turn
+    assert pose_from_landmarks(turned)[0] == pytest.approx(0.5, abs=1e-3)
+    turned[2, 0] = mid_x - half_eyes  # the other way
+    assert pose_from_landmarks(turned)[0] == pytest.approx(-0.5, abs=1e-3)
+    turned[2, 0] = mid_x + 20 * half_eyes  # near profile: close to 1, never past it
+    assert 0.95 < pose_from_landmarks(turned)[0] < 1.0
     rotated = apply_transform(_similarity(1.0, 30.0, 0, 0), pts)
     assert abs(pose_from_landmarks(rotated)[1] - 30.0) < 0.5
 

@@ -9,6 +9,11 @@ of two people (highest ~0.65) for ``two_identity_threshold`` (the midpoint). The
 face thresholds sit where crops of (nearly) the same picture lie (>= 0.985), above consecutive faces of
 one talking person. Another embedder needs its own thresholds: `seqbuild clean --dry-run` shows the
 distributions.
+
+Quality limits are deliberately loose: SeqFace's Celeb-Seq keeps TV faces as they come, and a face
+recogniser gains from three-quarter views and soft focus. ``max_yaw`` removes near-profile faces only;
+``min_blur`` removes only near-featureless crops (sharp faces of the talk clips and the broadcast score
+80 or more, defocused audience faces of hamilton_stage 3 to 26, heavy motion blur or a fade lower).
 """
 
 from __future__ import annotations
@@ -36,9 +41,13 @@ class CleanConfig:
         0.99, "a face more similar than this to a kept face is a near duplicate", min=-1.0, max=1.0
     )
     min_face_size: float = option(40.0, "minimum face size in source pixels", min=0.0)
-    min_blur: float = option(20.0, "minimum variance of the Laplacian of the crop", min=0.0)
+    min_blur: float = option(
+        2.0, "minimum variance of the Laplacian of the crop (removes only near-featureless crops)", min=0.0
+    )
     min_det_score: float = option(0.95, "minimum detection score", min=0.0, max=1.0)
-    max_yaw: float = option(0.8, "maximum |yaw| from landmark geometry (0 frontal, 1 profile)", min=0.0)
+    max_yaw: float = option(
+        0.8, "maximum |yaw|, the head turn as a fraction of 90 degrees (0.8 = about 72 degrees)", min=0.0
+    )
     cut_margin: float = option(
         0.3, "faces this many seconds or less from a shot cut are removed (dissolve blends); 0 = off", min=0.0
     )

@@ -101,8 +101,13 @@ def blur_score(crop_rgb: np.ndarray) -> float:
 
 def pose_from_landmarks(landmarks: np.ndarray) -> tuple[float, float]:
     """(yaw, roll) from the five landmarks: roll is the eye-line angle in degrees (clockwise positive in
-    image coordinates), yaw the nose's sideways offset from the eye/mouth midline as a fraction of half
-    the eye distance, clipped to -1..1 (0 frontal, the sign tells which way)."""
+    image coordinates); yaw estimates the head's turn as a fraction of 90 degrees (0 frontal, +-1 profile,
+    the sign tells which way).
+
+    The nose tip sits about half an eye distance in front of the eye plane, so its sideways offset from
+    the eye/mouth midline, over half the eye distance, grows like tan(angle); 2/pi * atan of that ratio
+    turns it back into an angle fraction that does not saturate at three-quarter views.
+    """
     pts = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     left_eye, right_eye, nose, left_mouth, right_mouth = pts
     eye_vec = right_eye - left_eye
@@ -115,7 +120,7 @@ def pose_from_landmarks(landmarks: np.ndarray) -> tuple[float, float]:
     rot = np.array([[c, -s], [s, c]])
     mid = ((left_eye + right_eye) / 2.0 + (left_mouth + right_mouth) / 2.0) / 2.0
     nose_x = (rot @ (nose - mid))[0]
-    return float(np.clip(nose_x / half, -1.0, 1.0)), roll
+    return float(2.0 / math.pi * math.atan(nose_x / half)), roll
 
 
 def face_quality(box: np.ndarray, landmarks: np.ndarray, crop_rgb: np.ndarray) -> FaceQuality:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .common import (
-    config_options,
+    device_option,
     flags_layer,
     handle_errors,
     load_config,
-    log_level_option,
+    report_failures,
     save_run_config,
+    stage_options,
     start_logging,
 )
 
@@ -20,22 +19,16 @@ from .common import (
 def _report(summary: dict) -> None:
     errors = summary.pop("errors", [])
     click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
-    for line in errors:
-        click.echo(f"failed: {line}", err=True)
-    if summary.get("failed"):
-        sys.exit(1)
+    report_failures(errors, summary.get("failed", 0))
 
 
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--model", default=None, help="Embedder: facenet | seqface.")
 @click.option("--weights", default=None, help="Weights file (default: the model's offline default).")
-@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+@device_option
 @click.option("--batch-size", type=int, default=None, help="Crops per forward pass.")
-@click.option("--workers", type=int, default=None, help="Videos processed in parallel.")
-@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
-@config_options
-@log_level_option
+@stage_options
 @handle_errors
 def embed(run, config_path, sets, log_level, no_progress, **flags) -> None:
     """Compute one L2-normalised embedding per tracked face of RUN."""
@@ -71,14 +64,11 @@ def embed(run, config_path, sets, log_level, no_progress, **flags) -> None:
     help="Two clear groups in a sequence.",
 )
 @click.option("--min-faces", type=int, default=None, help="Sequences left with fewer faces are removed.")
-@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
-@click.option("--workers", type=int, default=None, help="Videos processed in parallel.")
+@device_option
 @click.option(
     "--dry-run", is_flag=True, default=None, help="Show similarity histograms and what would be removed."
 )
-@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
-@config_options
-@log_level_option
+@stage_options
 @handle_errors
 def clean(run, config_path, sets, log_level, no_progress, **flags) -> None:
     """Remove noisy, near-duplicate, low-quality and rerun faces/sequences of RUN, with reasons."""

@@ -85,3 +85,22 @@ log_level_option = click.option(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Console and log-file level.",
 )
+
+
+device_option = click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+
+
+def stage_options(fn: Callable) -> Callable:
+    """The options every stage command shares: --workers, --no-progress, --config, --set, --log-level."""
+    fn = click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bars.")(fn)
+    fn = click.option("--workers", type=int, default=None, help="Videos processed in parallel.")(fn)
+    return log_level_option(config_options(fn))
+
+
+def report_failures(errors: list[str] | dict[str, str], failed: int) -> None:
+    """Print each failed video on stderr and exit 1 when any failed (the other videos are written)."""
+    items = errors.items() if isinstance(errors, dict) else ((None, e) for e in errors)
+    for shard, err in items:
+        click.echo(f"failed: {shard + ': ' if shard else ''}{err}", err=True)
+    if failed:
+        sys.exit(1)

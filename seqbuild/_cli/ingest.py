@@ -8,12 +8,12 @@ import sys
 import click
 
 from .common import (
-    config_options,
+    device_option,
     flags_layer,
     handle_errors,
     load_config,
-    log_level_option,
     save_run_config,
+    stage_options,
     start_logging,
 )
 
@@ -21,19 +21,16 @@ from .common import (
 @click.command()
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "run", required=True, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+@device_option
 @click.option("--detect-every", type=int, default=None, help="Detect on every k-th frame.")
 @click.option("--min-face", type=int, default=None, help="Smallest face side in pixels.")
 @click.option("--threshold", type=float, default=None, help="Face probability threshold.")
 @click.option("--max-side", type=int, default=None, help="Downscale larger frames before detection.")
 @click.option("--batch-size", type=int, default=None, help="Frames per detector batch.")
-@click.option("--workers", type=int, default=None, help="Videos processed in parallel.")
 @click.option("--retry-failed", is_flag=True, default=None, help="Re-run only failed sources.")
 @click.option("--duration", type=float, default=None, help="Live streams: seconds to read.")
 @click.option("--segment-seconds", type=float, default=None, help="Live streams: segment length.")
-@click.option("--no-progress", is_flag=True, default=False, help="No progress bars.")
-@config_options
-@log_level_option
+@stage_options
 @handle_errors
 def ingest(inputs, run, config_path, sets, log_level, no_progress, **flags) -> None:
     """Decode videos/streams, find shots, detect faces (MTCNN) and align them to 144x144 crops.

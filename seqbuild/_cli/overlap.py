@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .common import (
@@ -12,7 +10,9 @@ from .common import (
     handle_errors,
     load_config,
     log_level_option,
+    report_failures,
     save_run_config,
+    stage_options,
     start_logging,
 )
 
@@ -38,11 +38,9 @@ from .common import (
     default=None,
     help="Stage whose output is searched.",
 )
-@click.option("--workers", type=int, default=None, help="Videos processed in parallel.")
-@config_options
-@log_level_option
+@stage_options
 @handle_errors
-def dedup_overlap(run, config_path, sets, log_level, **flags) -> None:
+def dedup_overlap(run, config_path, sets, log_level, no_progress, **flags) -> None:
     """Remove sequences of RUN whose identity is in a reference gallery, and write the final dataset."""
     from ..overlap.stage import run_dedup_overlap
 
@@ -51,7 +49,7 @@ def dedup_overlap(run, config_path, sets, log_level, **flags) -> None:
     flags["thresholds"] = list(flags["thresholds"]) or None
     pipeline = load_config(config_path, sets, flags_layer("dedup_overlap", **flags))
     cfg = pipeline["dedup_overlap"]
-    summary = run_dedup_overlap(run, cfg)
+    summary = run_dedup_overlap(run, cfg, progress=not no_progress)
     save_run_config(pipeline, run)
     click.echo(
         f"dedup-overlap: {summary['done']} videos done, {summary['skipped']} already done, "
@@ -62,10 +60,7 @@ def dedup_overlap(run, config_path, sets, log_level, **flags) -> None:
         click.echo(
             f"  gallery {name} (threshold {g['threshold']:.3f}): removed {g['sequences']} sequences, {g['faces']} faces"
         )
-    for shard, err in summary["failed"].items():
-        click.echo(f"  failed {shard}: {err}", err=True)
-    if summary["failed"]:
-        sys.exit(1)
+    report_failures(summary["failed"], len(summary["failed"]))
 
 
 @click.group()

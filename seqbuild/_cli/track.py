@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .common import (
-    config_options,
     flags_layer,
     handle_errors,
     load_config,
-    log_level_option,
+    report_failures,
     save_run_config,
+    stage_options,
     start_logging,
 )
 
@@ -24,10 +22,7 @@ from .common import (
 @click.option(
     "--max-age", type=int, default=None, help="Detector passes without a match before a track ends."
 )
-@click.option("--workers", type=int, default=None, help="Videos processed in parallel.")
-@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
-@config_options
-@log_level_option
+@stage_options
 @handle_errors
 def track(run, config_path, sets, log_level, no_progress, **flags) -> None:
     """Link the detections of RUN into single-person sequences (Kalman filter + Hungarian assignment)."""
@@ -41,7 +36,4 @@ def track(run, config_path, sets, log_level, no_progress, **flags) -> None:
     save_run_config(pipeline, run)
     errors = summary.pop("errors")
     click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
-    for line in errors:
-        click.echo(f"failed: {line}", err=True)
-    if summary["failed"]:
-        sys.exit(1)
+    report_failures(errors, summary["failed"])

@@ -82,7 +82,6 @@ def local_ray():
     shutdown_ray()
 
 
-@pytest.mark.slow
 def test_ray_executor_tracks_like_the_local_executor(tmp_path, local_ray):
     from seqbuild.track.config import TrackConfig
     from seqbuild.track.stage import run_track

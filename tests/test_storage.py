@@ -51,6 +51,17 @@ def test_detections_round_trip_with_metadata(tmp_path):
     assert meta == {"table": "detections", "schema_version": schema.SCHEMA_VERSION, "config_hash": "abc123"}
 
 
+def test_outputs_get_the_ordinary_file_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = storage.write_table(tmp_path / "d.parquet", detections(), schema.DETECTIONS, "detections")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_every_table_schema_writes_and_reads_empty(tmp_path):
     for name, sch in schema.TABLES.items():
         path = storage.write_table(tmp_path / f"{name}.parquet", sch.empty_table(), sch, name)

@@ -72,3 +72,40 @@ def test_cuts_of_the_dev_broadcast(media):
     cuts = [c.frame for f in iter_frames(container) if (c := det.update(f.index, f.thumbnail(*size)))]
     precision, recall, _, _ = match_cuts(cuts, truth)
     assert precision == 1.0 and recall == 1.0, cuts
+
+
+def test_dissolve_is_one_cut_whose_transition_covers_the_rest_of_the_blend():
+    a = [_scene(1, t) for t in range(40)]
+    b = [_scene(4, t) for t in range(40)]
+    blend = [
+        (a[-1].astype(np.float32) * (1 - (k + 1) / 13) + b[0].astype(np.float32) * ((k + 1) / 13)).astype(
+            np.uint8
+        )
+        for k in range(12)
+    ]
+    frames = a + blend + b  # the dissolve occupies frames 40..51
+    det = create_shot_detector("hsv")
+    cuts, in_transition = [], []
+    for i, f in enumerate(frames):
+        cut = det.update(i, f)
+        if cut is not None:
+            cuts.append(cut)
+        in_transition.append(det.in_transition)
+    assert len(cuts) == 1
+    assert 40 <= cuts[0].start <= cuts[0].frame <= 51
+    assert all(in_transition[cuts[0].frame : 52])  # no frame of the blend after the cut counts as clean
+    assert not any(in_transition[:40]) and not in_transition[-1]
+
+
+def test_cut_after_a_run_of_raised_steps_is_dated_back_to_the_run():
+    det = create_shot_detector("hsv", threshold=0.25)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, size=(72, 128, 3)).astype(np.float32)
+    other = rng.permutation(base.reshape(-1, 3)).reshape(base.shape) * 0.3
+    frames = [base.astype(np.uint8)] * 30
+    # a slow change that raises every step, then a jump: one transition that began with the slow change
+    frames += [(base * (1 - 0.04 * k) + other * 0.04 * k).astype(np.uint8) for k in range(1, 6)]
+    frames += [other.astype(np.uint8)] * 20
+    cuts = [c for i, f in enumerate(frames) if (c := det.update(i, f)) is not None]
+    assert len(cuts) == 1
+    assert cuts[0].gradual and cuts[0].start < cuts[0].frame

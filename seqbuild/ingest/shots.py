@@ -48,11 +48,17 @@ def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass
 class Cut:
-    """A shot boundary: the first frame of the new shot and the score that triggered it."""
+    """A shot boundary: the frame where it was found, the score that triggered it, and for a gradual
+    transition the frame where the transition began (``start``; equal to ``frame`` for a hard cut)."""
 
     frame: int
     score: float
     gradual: bool
+    start: int = -1
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            self.start = self.frame
 
 
 class ShotDetector:
@@ -61,6 +67,11 @@ class ShotDetector:
     def update(self, index: int, thumb_rgb: np.ndarray) -> Cut | None:
         """Consume frame ``index``; a Cut if it is the first frame of a new shot."""
         raise NotImplementedError
+
+    @property
+    def in_transition(self) -> bool:
+        """True while the picture is still changing after a cut (frames of a dissolve)."""
+        return False
 
 
 @SHOT_DETECTORS.register("hsv")
@@ -112,6 +123,9 @@ class HSVCutDetector(ShotDetector):
                 self._run.clear()
             return None
         if step >= self.threshold and step >= floor:
+            if self._run:
+                # A jump at the end of a run of raised steps: a transition that began with the run.
+                return self._cut(index, step, gradual=True, start=index - len(self._run) + 1)
             return self._cut(index, step, gradual=False)
         if step >= floor:
             if not self._run:
@@ -120,7 +134,9 @@ class HSVCutDetector(ShotDetector):
             self._run_misses = 0
             change = histogram_distance(self._run[0], hist)
             if change >= self.threshold and len(self._run) >= 4:
-                return self._cut(index, change, gradual=True)
+                # _run holds the frame before the first raised step, then one entry per frame since.
+                start = index - len(self._run) + 2
+                return self._cut(index, change, gradual=True, start=start)
             return None
         if self._run and self._run_misses < 1:
             # One quieter step does not end a run: dissolve steps are uneven after compression.
@@ -131,12 +147,17 @@ class HSVCutDetector(ShotDetector):
         self._steps.append(step)
         return None
 
-    def _cut(self, index: int, score: float, gradual: bool) -> Cut:
+    @property
+    def in_transition(self) -> bool:
+        """True after a cut until ``quiet_frames`` quiet steps in a row."""
+        return self._in_transition
+
+    def _cut(self, index: int, score: float, gradual: bool, start: int = -1) -> Cut:
         self._in_transition = True
         self._quiet = 0
         self._run.clear()
         self._steps.clear()
-        return Cut(frame=index, score=float(score), gradual=gradual)
+        return Cut(frame=index, score=float(score), gradual=gradual, start=start)
 
 
 def create_shot_detector(name: str = "hsv", **kwargs) -> ShotDetector:

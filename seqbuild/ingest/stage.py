@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,22 @@ class ShardBuilder:
         self.height = 0
         self._thumb: tuple[int, int] | None = None
         self._shot_first = 0
+        # Gradual transitions as [first, last] frames (last is -1 while open): their frames are blends of
+        # two shots, so no face is kept from them. A transition is recognised up to the detector's window
+        # after it began, so rows of the last `_guard` scanned frames are held back from the file.
+        self._blends: list[list[int]] = []
+        self._recent_pts: deque[tuple[int, float]] = deque(maxlen=64)
+        self._scanned = -1
+        self._guard = int(getattr(self.shot_detector, "window", 25)) + 2
+
+    def _pts_of(self, index: int, default: float | None) -> float | None:
+        for i, pts in reversed(self._recent_pts):
+            if i == index:
+                return pts
+        return default
+
+    def _in_blend(self, index: int) -> bool:
+        return any(first <= index and (last < 0 or index <= last) for first, last in self._blends)
 
     def feed(self, frame: Frame, index: int) -> None:
         """Add the shard's frame number ``index`` (decoded ``frame``)."""
@@ -243,24 +260,35 @@ class ShardBuilder:
         if self.first_pts is None:
             self.first_pts = frame.pts
         cut = self.shot_detector.update(index, frame.thumbnail(*self._thumb))
+        self._recent_pts.append((index, frame.pts))
         if index == 0 or cut is not None:
+            # A dissolve's new shot begins where the transition began, not where it was recognised.
+            first = index if cut is None else max(cut.start, self.shots[-1]["first_frame"] + 1)
             if self.shots:
-                self.shots[-1]["last_frame"] = index - 1
-                self.shots[-1]["last_pts"] = self.last_pts
+                self.shots[-1]["last_frame"] = first - 1
+                self.shots[-1]["last_pts"] = self._pts_of(first - 1, self.last_pts)
             self.shots.append(
                 {
                     "video_id": self.video_id,
                     "shot_id": len(self.shots),
-                    "first_frame": index,
+                    "first_frame": first,
                     "last_frame": index,
-                    "first_pts": frame.pts,
+                    "first_pts": self._pts_of(first, frame.pts),
                     "last_pts": frame.pts,
                     "cut_score": None if cut is None else cut.score,
                 }
             )
             self._shot_first = index
+            if cut is not None and cut.gradual:
+                self._blends.append([first, -1])
         self.last_pts = frame.pts
         self.frames_read += 1
+        self._scanned = index
+        if self._blends and self._blends[-1][1] < 0:
+            if self.shot_detector.in_transition:
+                return None  # a blended frame: nothing to detect
+            self._blends[-1][1] = index - 1
+            self._shot_first = index  # the first clean frame of the new shot is detected
         if (index - self._shot_first) % self.cfg.detect_every == 0:
             return (index, frame.pts, len(self.shots) - 1, frame.rgb())
         return None
@@ -275,6 +303,9 @@ class ShardBuilder:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        batch = [item for item in batch if not self._in_blend(item[0])]
+        if not batch:
+            return
         results = self.detector.detect([item[3] for item in batch])
         for (index, pts, shot_id, rgb), faces in zip(batch, results, strict=True):
             self.frames_detected += 1
@@ -307,14 +338,19 @@ class ShardBuilder:
         if len(self._rows) >= DETECTION_FLUSH_ROWS:
             self._flush()
 
-    def _flush(self) -> None:
-        self.detections.write(self._rows)
-        self._rows = []
+    def _flush(self, final: bool = False) -> None:
+        """Write the detected rows, except blended frames; until ``final``, hold back the rows of the last
+        frames scanned, in which a transition may still be recognised."""
+        rows = [r for r in self._rows if not self._in_blend(r["frame_idx"])]
+        limit = self._scanned - self._guard
+        self._rows = [] if final else [r for r in rows if r["frame_idx"] >= limit]
+        self.detections.write(rows if final else [r for r in rows if r["frame_idx"] < limit])
+        self.n_faces = self.detections.rows + len(self._rows)
 
     def commit(self, video_row: dict[str, Any]) -> dict[str, Any]:
         """Detect the frames still pending, write the shard's tables and its completion marker."""
         self._run_detector()
-        self._flush()
+        self._flush(final=True)
         if self.shots:
             self.shots[-1]["last_frame"] = self.frames_read - 1
             self.shots[-1]["last_pts"] = self.last_pts

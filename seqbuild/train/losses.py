@@ -208,22 +208,20 @@ class CosineMarginLoss(nn.Module):
 CHIEF_LOSSES.register("softmax")(SoftmaxLoss)
 
 
+SPHEREFACE_DEFAULTS = {"margin": "a_softmax", "m": 4, "scale": 32.0, "lambda_base": 5.0, "lambda_min": 5.0}
+"""L2-SphereFace as in the SeqFace paper: A-Softmax m = 4, features scaled to 32, the authors' annealing."""
+
+
 @CHIEF_LOSSES.register("l2_sphereface")
 def l2_sphereface(num_identities: int, dim: int, **kw: object) -> CosineMarginLoss:
     """L2-SphereFace: A-Softmax (m = 4) on features scaled to 32, margin annealed as the authors' layer."""
-    args = {"margin": "a_softmax", "m": 4, "scale": 32.0, "lambda_base": 5.0, "lambda_min": 5.0}
-    args.update(kw)
-    args["lsr"] = False
-    return CosineMarginLoss(num_identities, dim, **args)
+    return CosineMarginLoss(num_identities, dim, **{**SPHEREFACE_DEFAULTS, **kw, "lsr": False})
 
 
 @CHIEF_LOSSES.register("lsr_sphereface")
 def lsr_sphereface(num_identities: int, dim: int, **kw: object) -> CosineMarginLoss:
     """L2-SphereFace for identity samples plus the LSR uniform target for sequence samples (SeqFace)."""
-    args = {"margin": "a_softmax", "m": 4, "scale": 32.0, "lambda_base": 5.0, "lambda_min": 5.0}
-    args.update(kw)
-    args["lsr"] = True
-    return CosineMarginLoss(num_identities, dim, **args)
+    return CosineMarginLoss(num_identities, dim, **{**SPHEREFACE_DEFAULTS, **kw, "lsr": True})
 
 
 @CHIEF_LOSSES.register("arcface")

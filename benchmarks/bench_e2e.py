@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from seqbuild.report.render import render_screenshot
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
@@ -127,31 +129,6 @@ def score(gt: Path, dataset: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def screenshot(page: Path, png: Path) -> bool:
-    """Render the report in headless chromium (False when chromium is not installed)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        return False
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--hide-scrollbars",
-            "--window-size=1400,2600",
-            f"--screenshot={png}",
-            page.resolve().as_uri(),
-        ],
-        capture_output=True,
-        timeout=180,
-        check=False,
-        env={**os.environ, "HOME": str(png.parent)},
-    )
-    return png.exists()
-
-
 def main() -> None:
     """Run the benchmark and print a Markdown summary (also written as JSON beside the runs)."""
     ap = argparse.ArgumentParser()
@@ -186,7 +163,7 @@ def main() -> None:
 
     page = write_report(out / "x1")
     shot = out / "report.png"
-    rendered = screenshot(page, shot)
+    rendered = render_screenshot(page, shot, width=1400, height=2600, timeout=180)
 
     long = None
     if args.repeat > 1:

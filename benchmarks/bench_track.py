@@ -242,6 +242,20 @@ def sensitivity(run: Path, media: Path, work: Path) -> str:
     return "\n".join(lines)
 
 
+SCORE_HEADER = (
+    "| tracker | sequences | seq_purity | face_purity | cut_crossing | recall | fragmentation | faces |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+)
+
+
+def score_row(name: str, d: dict) -> str:
+    """One Markdown table row of the scorer's figures for a tracker."""
+    return (
+        f"| {name} | {d['sequences']} | {d['seq_purity']} | {d['face_purity']} | {d['cut_crossing']} "
+        f"| {d['recall']} | {d['fragmentation']} | {d['faces']} |"
+    )
+
+
 def markdown(results: dict, command: str, ingest_seconds: float | None) -> str:
     """The docs/benchmarks.md block."""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -255,15 +269,9 @@ def markdown(results: dict, command: str, ingest_seconds: float | None) -> str:
         "",
         "dev_broadcast.mp4 (45 s, 1280x720), scored by `score_sequences.py`:",
         "",
-        "| tracker | sequences | seq_purity | face_purity | cut_crossing | recall | fragmentation | faces |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *SCORE_HEADER,
     ]
-    for name, row in results.items():
-        d = row["dev_broadcast"]
-        lines.append(
-            f"| {name} | {d['sequences']} | {d['seq_purity']} | {d['face_purity']} | {d['cut_crossing']} "
-            f"| {d['recall']} | {d['fragmentation']} | {d['faces']} |"
-        )
+    lines += [score_row(name, row["dev_broadcast"]) for name, row in results.items()]
     for name, row in results.items():
         if row.get("impure"):
             lines += ["", f"Sequences of {name} that hold more than one ground-truth (shot, identity):", ""]
@@ -274,16 +282,13 @@ def markdown(results: dict, command: str, ingest_seconds: float | None) -> str:
             "Diagnostic, same detections with `shot_id` replaced by the ground-truth shot of each frame "
             "(separates the tracker from where the cut detector places cuts):",
             "",
-            "| tracker | sequences | seq_purity | face_purity | cut_crossing | recall | fragmentation | faces |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *SCORE_HEADER,
         ]
-        for name, row in results.items():
-            d = row.get("dev_broadcast_gt_shots")
-            if d:
-                lines.append(
-                    f"| {name} | {d['sequences']} | {d['seq_purity']} | {d['face_purity']} | {d['cut_crossing']} "
-                    f"| {d['recall']} | {d['fragmentation']} | {d['faces']} |"
-                )
+        lines += [
+            score_row(name, row["dev_broadcast_gt_shots"])
+            for name, row in results.items()
+            if row.get("dev_broadcast_gt_shots")
+        ]
     if any("crowd_walk" in r for r in results.values()):
         lines += [
             "",

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+import synthetic
 
 from seqbuild.layout import RunDir
 from seqbuild.pipeline.executors import LocalExecutor, create_executor
@@ -19,8 +20,8 @@ pytest.importorskip("ray")
 def walking_faces(video_id: str, seed: int) -> pa.Table:
     """DETECTIONS of a few faces drifting across two shots, every 5th frame (dummy crops)."""
     rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {name: [] for name in DETECTIONS.names}
     people = [(rng.uniform(100, 900), rng.uniform(100, 500), rng.uniform(60, 120)) for _ in range(3)]
+    faces = []
     for frame in range(0, 200, 5):
         shot = frame // 100
         for k, (x, y, s) in enumerate(people):
@@ -28,32 +29,15 @@ def walking_faces(video_id: str, seed: int) -> pa.Table:
                 continue
             cx, cy = x + 1.5 * frame + 40 * shot * (k + 1), y + 0.5 * frame
             box = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
-            lm = np.array(
-                [
-                    [cx - s / 5, cy - s / 8],
-                    [cx + s / 5, cy - s / 8],
-                    [cx, cy],
-                    [cx - s / 6, cy + s / 5],
-                    [cx + s / 6, cy + s / 5],
-                ],
-                np.float32,
-            )
-            cols["face_id"].append(f"{video_id}-f{frame:08d}-{k:02d}")
-            cols["video_id"].append(video_id)
-            cols["source"].append(f"/videos/{video_id}.mp4")
-            cols["frame_idx"].append(frame)
-            cols["pts"].append(frame / 25)
-            cols["shot_id"].append(shot)
-            for name, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
-                cols[name].append(float(v))
-            cols["landmarks"].append(lm.ravel().tolist())
-            cols["det_score"].append(0.99)
-            cols["face_size"].append(float(s))
-            cols["blur"].append(100.0)
-            cols["yaw"].append(0.0)
-            cols["roll"].append(0.0)
-            cols["image"].append(b"\xff\xd8")
-    return pa.table(cols, schema=DETECTIONS)
+            lm = [
+                [cx - s / 5, cy - s / 8],
+                [cx + s / 5, cy - s / 8],
+                [cx, cy],
+                [cx - s / 6, cy + s / 5],
+                [cx + s / 6, cy + s / 5],
+            ]
+            faces.append((frame, shot, box, lm, s))
+    return synthetic.detections_table(video_id, faces, source=f"/videos/{video_id}.mp4")
 
 
 def ingested_run(root, videos: dict[str, pa.Table]) -> RunDir:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +14,7 @@ from seqbuild.demo import load_photo, render_view
 from seqbuild.imaging import encode_jpeg
 from seqbuild.layout import RunDir
 from seqbuild.report import collect_counts, write_report
+from seqbuild.report.render import find_chromium, render_screenshot
 from seqbuild.schema import ASSIGNMENTS, DETECTIONS, REMOVALS, SEQUENCES, embeddings_schema
 from seqbuild.storage import read_table, write_table
 
@@ -172,13 +171,8 @@ def test_report_reports_a_corrupt_table(tmp_path):
         write_report(run.root)
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_report_renders_in_headless_chromium(report_run, tmp_path):
-    browser = chromium()
-    if browser is None:
+    if find_chromium() is None:
         if os.environ.get("SEQBUILD_REQUIRE_CHROMIUM"):
             pytest.fail("chromium is required here (SEQBUILD_REQUIRE_CHROMIUM) but not installed")
         pytest.skip("chromium not installed (Debian: apt-get install chromium); report not rendered")
@@ -186,20 +180,7 @@ def test_report_renders_in_headless_chromium(report_run, tmp_path):
 
     _, page = report_run
     shot = tmp_path / "report.png"
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--hide-scrollbars",
-        "--window-size=1280,2000",
-        f"--screenshot={shot}",
-        page.resolve().as_uri(),
-    ]
-    subprocess.run(
-        cmd, capture_output=True, timeout=120, check=False, env={**os.environ, "HOME": str(tmp_path)}
-    )
+    assert render_screenshot(page, shot, width=1280, height=2000), "chromium wrote no screenshot"
     img = cv2.imread(str(shot))
     assert img is not None, "chromium wrote no screenshot"
     assert img.shape[:2] == (2000, 1280)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import synthetic
 from click.testing import CliRunner
 
 from seqbuild._cli.main import cli
@@ -240,28 +241,7 @@ def test_unknown_tracker_is_a_config_error():
 
 def detections_table(video_id: str, rows: list[tuple[int, int, tuple[float, float, float]]]) -> pa.Table:
     """DETECTIONS rows from (frame, shot, (cx, cy, size)) with a tiny dummy crop."""
-    cols: dict[str, list] = {name: [] for name in DETECTIONS.names}
-    counts: dict[int, int] = {}
-    for frame, shot, pos in rows:
-        box, lm = face(*pos)
-        k = counts.get(frame, 0)
-        counts[frame] = k + 1
-        cols["face_id"].append(f"{video_id}-f{frame:08d}-{k:02d}")
-        cols["video_id"].append(video_id)
-        cols["source"].append("/videos/synthetic.mp4")
-        cols["frame_idx"].append(frame)
-        cols["pts"].append(frame / 25)
-        cols["shot_id"].append(shot)
-        for name, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
-            cols[name].append(float(v))
-        cols["landmarks"].append(lm.ravel().tolist())
-        cols["det_score"].append(0.99)
-        cols["face_size"].append(float(pos[2]))
-        cols["blur"].append(100.0)
-        cols["yaw"].append(0.0)
-        cols["roll"].append(0.0)
-        cols["image"].append(b"\xff\xd8")
-    return pa.table(cols, schema=DETECTIONS)
+    return synthetic.detections_table(video_id, ((f, shot, *face(*pos), pos[2]) for f, shot, pos in rows))
 
 
 def synthetic_rows() -> list[tuple[int, int, tuple[float, float, float]]]:

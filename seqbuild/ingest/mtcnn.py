@@ -14,6 +14,27 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+MIN_CANDIDATE_BATCH = 64
+"""The smallest batch R-net and O-net see; candidate batches are padded up to a power of two from here."""
+
+
+def _padded(crops: np.ndarray, minimum: int = MIN_CANDIDATE_BATCH) -> np.ndarray:
+    """``crops`` followed by zero crops, to the next power of two (at least ``minimum``) in length.
+
+    The number of candidates changes with every batch of frames. Run at their own sizes, R-net and
+    O-net allocate blocks of ever new sizes, which fragments the heap: peak memory then keeps growing
+    with the length of the video. Padded, the networks see a handful of shapes and their blocks are
+    reused; the networks treat each crop on its own, so the results for the real crops do not change.
+    """
+    size = minimum
+    while size < len(crops):
+        size *= 2
+    if size == len(crops):
+        return crops
+    out = np.zeros((size, *crops.shape[1:]), crops.dtype)
+    out[: len(crops)] = crops
+    return out
+
 
 def _normalise(batch_nhwc: np.ndarray, torch, device, dtype):
     t = torch.from_numpy(np.ascontiguousarray(batch_nhwc)).to(device)
@@ -149,8 +170,9 @@ def detect_faces_batch(
 
     # Second stage (R-net on 24x24 crops).
     mip = _Mipmap(frames)
-    im_data = _normalise(_crops(mip, boxes, image_inds, w, h, 24), torch, device, dtype)
-    out0, out1 = (o.permute(1, 0) for o in rnet(im_data))
+    k = len(boxes)
+    im_data = _normalise(_padded(_crops(mip, boxes, image_inds, w, h, 24)), torch, device, dtype)
+    out0, out1 = (o[:k].permute(1, 0) for o in rnet(im_data))
     score = out1[1, :]
     ipass = score > thresholds[1]
     boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
@@ -164,8 +186,9 @@ def detect_faces_batch(
         return empty
 
     # Third stage (O-net on 48x48 crops): probabilities, box regression, landmarks.
-    im_data = _normalise(_crops(mip, boxes, image_inds, w, h, 48), torch, device, dtype)
-    out0, out1, out2 = (o.permute(1, 0) for o in onet(im_data))
+    k = len(boxes)
+    im_data = _normalise(_padded(_crops(mip, boxes, image_inds, w, h, 48)), torch, device, dtype)
+    out0, out1, out2 = (o[:k].permute(1, 0) for o in onet(im_data))
     score = out2[1, :]
     ipass = score > thresholds[2]
     points = out1[:, ipass]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+from ..memory import call_and_release
 from ..registry import Registry
 
 EXECUTORS: Registry[Executor] = Registry("executor")
@@ -38,11 +39,11 @@ class LocalExecutor(Executor):
         items = list(items)
         if self.workers == 1 or len(items) <= 1:
             for item in items:
-                yield item, fn(item)
+                yield item, call_and_release(fn, item)
             return
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=ctx) as pool:
-            futures = {pool.submit(fn, item): item for item in items}
+            futures = {pool.submit(call_and_release, fn, item): item for item in items}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
 

@@ -53,7 +53,9 @@ def shutdown_ray() -> None:
 
 def apply_to_item(fn: Callable[[Any], Any], item: Any) -> Any:
     """The body of every Ray task: ``fn(item)`` (fn travels by reference, so any picklable callable works)."""
-    return fn(item)
+    from ..memory import call_and_release
+
+    return call_and_release(fn, item)
 
 
 @EXECUTORS.register("ray")

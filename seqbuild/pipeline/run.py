@@ -27,6 +27,7 @@ from typing import Any
 from ..config import config_hash, to_dict
 from ..errors import ConfigError
 from ..layout import STAGES, RunDir
+from ..memory import release_free_memory
 from ..storage import write_json_atomic
 from .executors import Executor, create_executor
 from .loading import Pipeline, save_config
@@ -239,6 +240,7 @@ def run_pipeline(
         finally:
             if ex is not None:
                 ex.close()
+            release_free_memory()  # the next stage starts from the working set, not this one's leftovers
         seconds = time.perf_counter() - start
         result = StageResult(stage, "ran", summary=summary or {}, seconds=seconds)
         record.update(complete=result.failures == 0, summary=_jsonable(result.summary), seconds=seconds)

@@ -1,4 +1,4 @@
-"""End-to-end benchmark: the whole chain on the dev broadcast, then on it concatenated 4 times.
+"""End-to-end benchmark: the whole chain on the dev broadcast, then on it concatenated 4 and 16 times.
 
 For each input a fresh run directory is made and ``seqbuild run pipelines/e2e.toml`` runs in a child
 process (so that its peak RSS is its own): wall time per stage, the realtime factor of the whole chain
@@ -7,7 +7,7 @@ process on the same file, is decoding alone (PyAV, every frame), the floor any c
 ../shared/tools scores the final dataset against the broadcast's ground truth, and the report is
 rendered in headless chromium to a PNG.
 
-Run: ``make bench-e2e`` (or ``python -m benchmarks.bench_e2e [--media DIR] [--out DIR] [--repeat 4]``).
+Run: ``make bench-e2e`` (or ``python -m benchmarks.bench_e2e [--media DIR] [--out DIR] [--repeat 4 16]``).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main() -> None:
         "--repeat",
         type=int,
         nargs="*",
-        default=[4],
+        default=[4, 16],
         help="copies of the video in each longer input, e.g. --repeat 4 16 (none: skip)",
     )
     args = ap.parse_args()

@@ -269,3 +269,63 @@ def test_cli_on_a_real_clip_gives_aligned_crops(tmp_path, media):
             placed = np.max(np.linalg.norm(eyes - template, axis=1)) < 8.0
             good += level and placed
     assert good >= 0.8 * len(crops), f"{good} of {len(crops)} crops aligned"
+
+
+class _ScriptedCuts:
+    """A shot detector that reports a hard cut at ``cut`` and stays in transition until ``quiet_at``."""
+
+    window, quiet_frames = 25, 3
+
+    def __init__(self, cut: int, quiet_at: int) -> None:
+        self.cut, self.quiet_at, self.in_transition = cut, quiet_at, False
+
+    def update(self, index, thumb):
+        from seqbuild.ingest.shots import Cut
+
+        self.in_transition = self.cut <= index < self.quiet_at
+        return Cut(frame=index, score=0.5, gradual=False) if index == self.cut else None
+
+
+class _OneFace:
+    """A face detector that finds the same face in every frame."""
+
+    def detect(self, frames):
+        from seqbuild.ingest.detect import Face
+
+        marks = np.array([[38, 45], [62, 45], [50, 58], [40, 70], [60, 70]], np.float32)
+        return [[Face(box=np.array([25, 25, 75, 85], np.float32), score=0.99, landmarks=marks)] for _ in frames]
+
+
+class _Frame:
+    def __init__(self, index: int) -> None:
+        self.index, self.pts = index, index / 25.0
+        self.frame = type("F", (), {"width": 100, "height": 100})()
+
+    def thumbnail(self, width, height):
+        return np.zeros((height, width, 3), np.uint8)
+
+    def rgb(self):
+        return np.full((100, 100, 3), 128, np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("quiet_at", "kept"),
+    [
+        (13, [0, 4, 8, 10, 14, 18, 22, 26]),  # a plain hard cut: quiet three frames after it
+        (22, [0, 4, 8, 22, 26]),  # a jump that opens a dissolve: its frames 10..21 are blends
+        (40, [0, 4, 8, 10, 14, 18, 22, 26]),  # busy for longer than the window: a busy shot, kept
+    ],
+)
+def test_frames_of_a_dissolve_that_opens_with_a_jump_are_dropped(tmp_path, quiet_at, kept):
+    from seqbuild.ingest.stage import ShardBuilder, ingest_hash
+
+    cfg = cfg_for(["x.mp4"], detect_every=4, batch_size=4)
+    store = RunDir(tmp_path).ingest
+    builder = ShardBuilder("vid", "x.mp4", cfg, store, ingest_hash(cfg))
+    builder.detector, builder.shot_detector = _OneFace(), _ScriptedCuts(cut=10, quiet_at=quiet_at)
+    for i in range(30):
+        builder.feed(_Frame(i), i)
+    builder.commit({"kind": "file", "status": "ok", "fps": 25.0, "duration": 1.2, "wall_seconds": 0.1})
+    det = pd.read_parquet(store.table_path("detections", "vid"))
+    assert sorted(det.frame_idx) == kept
+    assert list(pd.read_parquet(store.table_path("shots", "vid")).first_frame) == [0, 10]

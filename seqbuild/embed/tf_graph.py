@@ -127,7 +127,7 @@ def _tensor(buf: bytes) -> np.ndarray:
 
 def _attr(buf: bytes) -> Any:
     """Decode an AttrValue into a Python value (list, bytes, int, float, bool or array)."""
-    for number, wire, value in _fields(buf):
+    for number, _, value in _fields(buf):
         if number == 1:  # ListValue: s=2, i=3, f=4
             out: list[Any] = []
             for ln, lw, lv in _fields(value):

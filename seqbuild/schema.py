@@ -44,6 +44,9 @@ SHOTS = pa.schema(
         pa.field("first_pts", pa.float64()),
         pa.field("last_pts", pa.float64()),
         pa.field("cut_score", pa.float32()),  # detector score at the cut that opened the shot
+        pa.field("transition", pa.string()),  # what opened the shot: cut | dissolve | fade (null: first)
+        pa.field("transition_first", pa.int64()),  # first frame of that transition (null for a cut)
+        pa.field("transition_last", pa.int64()),  # last frame of it, inclusive (a dissolve's last blend)
     ]
 )
 

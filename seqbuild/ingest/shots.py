@@ -106,11 +106,6 @@ class ShotDetector:
         """Frames below this index belong to their shot for good (and are or are not blended for good)."""
         raise NotImplementedError
 
-    @property
-    def active(self) -> bool:
-        """True while the content is changing in a way that may still turn out to be a transition."""
-        return False
-
 
 @dataclass
 class _Frame:
@@ -221,7 +216,6 @@ class TransitionDetector(ShotDetector):
         self._anchor = 0  # first frame that may still belong to an undecided transition
         self._last_content: int | None = None  # last frame that was not flat
         self._fades: list[Transition] = []  # cuts whose kind and extent wait for frames after them
-        self._active = False
         self._keep = self.window + self.latency + self.settle + 8
 
     # ------------------------------------------------------------------ features
@@ -277,11 +271,6 @@ class TransitionDetector(ShotDetector):
     def final_before(self) -> int:
         """Frames below this index are settled (see :class:`ShotDetector`)."""
         return max(self._anchor, self._last - self.latency - self.window + 1)
-
-    @property
-    def active(self) -> bool:
-        """The content has moved away from the start of the open window: maybe a dissolve under way."""
-        return self._active
 
     # ------------------------------------------------------------------ rules
 
@@ -344,7 +333,6 @@ class TransitionDetector(ShotDetector):
         cut = Transition("cut", c, c, c - 1, float(d))
         self._fades.append(cut)
         self._anchor = c
-        self._active = False
         return [*out, cut]
 
     def _window(self, end: int) -> list[int]:
@@ -362,13 +350,10 @@ class TransitionDetector(ShotDetector):
     def _check_dissolve(self, end: int, settle: int) -> list[Transition]:
         frames = self._window(end)
         if len(frames) < 4:
-            self._active = False
-            return []
+                return []
         change = frame_distance(self._frames[frames[0]], self._frames[frames[-1]])
         if change is None or change < self.cut_threshold:
-            self._active = False
             return []
-        self._active = True
         found = self._fit_dissolve(frames, min_len=2)
         if found is None:
             return []
@@ -381,7 +366,6 @@ class TransitionDetector(ShotDetector):
             self._fades.remove(opening)
             s = opening.frame
         self._anchor = e + 1
-        self._active = False
         return [Transition("dissolve", s, s, e, score)]
 
     def _fit_dissolve(self, frames: list[int], min_len: int) -> tuple[int, int, float] | None:
@@ -566,3 +550,107 @@ def score_boundaries(
             sc.found += 1
             sc.errors.append(int(detected[i] - frame))
     return scores, len(detected) - len(used)
+
+
+class ShotSegmenter:
+    """Shot bookkeeping over a stream of thumbnails: the transitions found so far, which shot each frame
+    belongs to, which frames are blends of two shots, and which frames are due for the face detector.
+
+    :meth:`push` runs where frames are decoded (possibly a thread of its own) and :meth:`settled` may be
+    asked from another thread. A frame reaches :meth:`due` ``latency`` frames after :meth:`push`, once
+    a hard cut at it would be known: a shot's first frame is due, then every ``detect_every``-th frame.
+    A due frame is settled (its shot final, and whether it is a blend) only once it is below the
+    detector's ``final_before``, which a dissolve can hold back by up to its own length.
+    """
+
+    def __init__(self, detector: ShotDetector, detect_every: int) -> None:
+        import threading
+
+        self.detector = detector
+        self.detect_every = max(1, int(detect_every))
+        self.latency = int(detector.latency)
+        self._bounds: list[Transition] = []  # in frame order; only the last one may still be replaced
+        self._final_before = 0
+        self._lock = threading.Lock()
+        self._next_due = 0
+
+    def _record(self, found: list[Transition]) -> None:
+        with self._lock:
+            for t in found:
+                while self._bounds and self._bounds[-1].frame >= t.frame:
+                    self._bounds.pop()  # the same boundary recognised again (a cut that opened a dissolve)
+                self._bounds.append(t)
+            self._final_before = self.detector.final_before
+
+    def push(self, index: int, thumb_rgb: np.ndarray) -> None:
+        """Feed frame ``index`` to the transition detector."""
+        self._record(self.detector.update(index, thumb_rgb))
+
+    def finish(self) -> None:
+        """No more frames: everything is settled."""
+        self._record(self.detector.finish())
+        with self._lock:
+            self._final_before = 1 << 62
+
+    def due(self, index: int) -> bool:
+        """Whether frame ``index`` (pushed at least ``latency`` frames ago, or after :meth:`finish`) is due
+        for the face detector; call once per frame, in order."""
+        with self._lock:
+            shot, _ = self.locate(self._bounds, index)
+            if shot and self._bounds[shot - 1].frame == index:
+                self._next_due = index  # a shot's first frame
+            if index < self._next_due:
+                return False
+            self._next_due = index + self.detect_every
+            return True
+
+    def settled(self, index: int) -> tuple[bool, int, Transition | None]:
+        """(whether frame ``index`` is settled, its shot id, the dissolve whose blended frames hold it)."""
+        with self._lock:
+            shot, blend = self.locate(self._bounds, index)
+            return index < self._final_before, shot, blend
+
+    def transitions(self) -> list[Transition]:
+        """The transitions found so far, in frame order."""
+        with self._lock:
+            return list(self._bounds)
+
+    @staticmethod
+    def locate(bounds: list[Transition], frame: int) -> tuple[int, Transition | None]:
+        """The shot id of ``frame`` under ``bounds``, and the dissolve whose blended frames hold it."""
+        lo, hi = 0, len(bounds)
+        while lo < hi:  # number of boundaries at or before the frame
+            mid = (lo + hi) // 2
+            if bounds[mid].frame <= frame:
+                lo = mid + 1
+            else:
+                hi = mid
+        blend = bounds[lo - 1] if lo else None
+        if blend is None or blend.blended is None or not (blend.first <= frame <= blend.last):
+            blend = None
+        return lo, blend
+
+    def shot_rows(self, video_id: str, frames: int, pts: list[float]) -> list[dict]:
+        """SHOTS rows of frames 0..frames-1 (pts of every frame given), after :meth:`finish`."""
+        bounds = [t for t in self.transitions() if 0 < t.frame < frames]
+        starts = [0] + [t.frame for t in bounds]
+        ends = [s - 1 for s in starts[1:]] + [frames - 1]
+        rows = []
+        for k, (first, last) in enumerate(zip(starts, ends, strict=True)):
+            t = bounds[k - 1] if k else None
+            ext = t.extent if t is not None else None
+            rows.append(
+                {
+                    "video_id": video_id,
+                    "shot_id": k,
+                    "first_frame": first,
+                    "last_frame": last,
+                    "first_pts": pts[first] if first < len(pts) else None,
+                    "last_pts": pts[last] if 0 <= last < len(pts) else None,
+                    "cut_score": None if t is None else t.score,
+                    "transition": None if t is None else t.kind,
+                    "transition_first": None if ext is None else ext[0],
+                    "transition_last": None if ext is None else min(ext[1], frames - 1),
+                }
+            )
+        return rows

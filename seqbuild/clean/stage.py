@@ -41,6 +41,7 @@ _LOCAL_KEYS = (
     "split_policy",
     "two_identity_threshold",
     "min_group_faces",
+    "jump_threshold",
     "near_dup_threshold",
     "min_face_size",
     "min_blur",
@@ -114,7 +115,12 @@ def clean_sequence(
     cfg: CleanConfig,
     device: str = "cpu",
 ) -> SequenceResult:
-    """Apply quality, two-identity, noise, near-duplicate and length rules to one sequence (rows in time order)."""
+    """Apply quality rules, splits where the appearance jumps to another person, then two-identity,
+    noise, near-duplicate and length rules to one sequence (rows in time order).
+
+    A sequence-level removal (two identities, too few faces) is written as one row per face the sequence
+    still held, with scope ``sequence``, so that every face removed has its own row.
+    """
     removals: list[dict[str, Any]] = []
     alive = np.arange(len(face_ids))
     keys = ("min_face_size", "min_blur", "min_det_score", "max_yaw", "cut_margin")
@@ -125,26 +131,47 @@ def clean_sequence(
         dropped.add(r.index)
     alive = np.array([i for i in alive if i not in dropped], dtype=np.int64)
 
-    groups: dict[str, np.ndarray] = {seq_id: alive}
-    two = (
-        filters.find_two_identities(emb[alive], cfg.two_identity_threshold, cfg.min_group_faces)
-        if len(alive)
-        else None
-    )
-    if two is not None:
+    def remove_sequence(out_id: str, rows: np.ndarray, r: filters.Removal) -> None:
+        for i in rows:
+            row = _removal_row(video_id, out_id, face_ids[i], r)
+            row["scope"] = "sequence"
+            removals.append(row)
+
+    parts: dict[str, np.ndarray] = {seq_id: alive}
+    if cfg.jump_threshold > -1 and len(alive):
+        jumps = filters.appearance_jumps(
+            emb[alive], cfg.two_identity_threshold, cfg.jump_threshold, cfg.min_group_faces
+        )
+        if jumps:
+            cuts = [0, *(j for j, _ in jumps), len(alive)]
+            parts = {f"{seq_id}-{k + 1}": alive[a:b] for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))}
+
+    groups: dict[str, np.ndarray] = {}
+    for part_id, rows in parts.items():
+        two = (
+            filters.find_two_identities(emb[rows], cfg.two_identity_threshold, cfg.min_group_faces)
+            if len(rows)
+            else None
+        )
+        if two is None:
+            groups[part_id] = rows
+            continue
         detail = f"groups of {two.sizes[0]} and {two.sizes[1]} faces"
         if cfg.split_policy == "drop":
             r = filters.Removal("two_identities", two.similarity, cfg.two_identity_threshold, detail=detail)
-            removals.append(_removal_row(video_id, seq_id, None, r))
-            return SequenceResult({}, removals, np.zeros(0, np.float32), np.zeros(0, np.float32))
-        groups = {f"{seq_id}-{k + 1}": alive[two.labels == k] for k in (0, 1)}
+            remove_sequence(part_id, rows, r)
+            continue
+        groups.update({f"{part_id}-{k + 1}": rows[two.labels == k] for k in (0, 1)})
 
     kept: dict[str, list[int]] = {}
     sims_all, dup_all = [], []
     for out_id, rows in groups.items():
         sub = emb[rows]
-        noise, centre = filters.noise_removals(sub, cfg.noise_threshold)
-        sims_all.append(sub @ centre)
+        if len(rows):
+            noise, centre = filters.noise_removals(sub, cfg.noise_threshold)
+            sims_all.append(sub @ centre)
+        else:
+            noise = []
         for r in noise:
             removals.append(_removal_row(video_id, out_id, face_ids[rows[r.index]], r))
         rows = np.delete(rows, [r.index for r in noise])
@@ -159,7 +186,7 @@ def clean_sequence(
         rows = np.delete(rows, [r.index for r in dups])
         if len(rows) < cfg.min_faces:
             r = filters.Removal("too_few_faces", float(len(rows)), float(cfg.min_faces))
-            removals.append(_removal_row(video_id, out_id, None, r))
+            remove_sequence(out_id, rows, r)
             continue
         kept[out_id] = [int(i) for i in rows]
     return SequenceResult(

@@ -144,7 +144,10 @@ def clean_sequence(
         )
         if jumps:
             cuts = [0, *(j for j, _ in jumps), len(alive)]
-            parts = {f"{seq_id}-{k + 1}": alive[a:b] for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))}
+            parts = {
+                f"{seq_id}-{k + 1}": alive[a:b]
+                for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))
+            }
 
     groups: dict[str, np.ndarray] = {}
     for part_id, rows in parts.items():

@@ -350,7 +350,7 @@ class TransitionDetector(ShotDetector):
     def _check_dissolve(self, end: int, settle: int) -> list[Transition]:
         frames = self._window(end)
         if len(frames) < 4:
-                return []
+            return []
         change = frame_distance(self._frames[frames[0]], self._frames[frames[-1]])
         if change is None or change < self.cut_threshold:
             return []
@@ -383,9 +383,13 @@ class TransitionDetector(ShotDetector):
         fr = self._frames
         luma = np.array([fr[k].luma for k in frames])
         edges = [[fr[k].luma for k in range(k0, k0 + 3) if k in fr] for k0 in (frames[0] - 3, frames[-1] + 1)]
-        padded = np.concatenate([np.pad(edges[0], (3 - len(edges[0]), 0), mode="edge") if edges[0] else np.full(3, luma[0]),
-                                 luma,
-                                 np.pad(edges[1], (0, 3 - len(edges[1])), mode="edge") if edges[1] else np.full(3, luma[-1])])
+        padded = np.concatenate(
+            [
+                np.pad(edges[0], (3 - len(edges[0]), 0), mode="edge") if edges[0] else np.full(3, luma[0]),
+                luma,
+                np.pad(edges[1], (0, 3 - len(edges[1])), mode="edge") if edges[1] else np.full(3, luma[-1]),
+            ]
+        )
         around = np.median(np.lib.stride_tricks.sliding_window_view(padded, 7), axis=1)
         flash = luma > 1.25 * around + 5.0
         lo = next((i for i in range(n) if not flash[i]), 0)
@@ -466,7 +470,9 @@ def create_shot_detector(name: str = "transitions", **kwargs) -> ShotDetector:
     return SHOT_DETECTORS.create(name, **kwargs)
 
 
-def detect_transitions(thumbs: Iterable[np.ndarray], detector: ShotDetector | None = None) -> list[Transition]:
+def detect_transitions(
+    thumbs: Iterable[np.ndarray], detector: ShotDetector | None = None
+) -> list[Transition]:
     """Every transition of a sequence of thumbnails (frames 0, 1, ...), in frame order (a transition
     recognised again at the same frame, such as a cut that turned out to open a dissolve, replaces
     the earlier one)."""
@@ -527,9 +533,9 @@ class BoundaryScore:
 
 def score_boundaries(
     detected: list[int], truth: list[tuple[int, str, int]], tolerance: int = 2
-) -> tuple[dict[str, BoundaryScore], int]:
+) -> tuple[dict[str, BoundaryScore], list[int]]:
     """Per kind of true transition ``(first frame of the new shot, kind, frames it lasts)``: found and
-    frame errors; plus the number of detected boundaries that match none (false positives).
+    frame errors; plus the detected boundaries that match none (false positives).
 
     A detected boundary matches a true one when it lies within ``tolerance`` frames of it, or, for a
     transition that lasts, anywhere inside it (its error is then its distance to the true boundary);
@@ -549,7 +555,7 @@ def score_boundaries(
             used.add(i)
             sc.found += 1
             sc.errors.append(int(detected[i] - frame))
-    return scores, len(detected) - len(used)
+    return scores, [f for i, f in enumerate(detected) if i not in used]
 
 
 class ShotSegmenter:

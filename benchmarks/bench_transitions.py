@@ -133,9 +133,14 @@ print(json.dumps(out))
 """
 
 
-def transnet(videos: list[Path], path: Path) -> dict[str, dict]:
+def transnet(videos: list[Path], path: Path, cache: Path) -> dict[str, dict]:
     """TransNetV2 boundaries per video (its package under ``path``), in a child process: the model sets
-    process-wide torch options."""
+    process-wide torch options. Kept in ``cache`` (by video path, size and time) across runs."""
+    key = {str(v): [v.stat().st_size, v.stat().st_mtime] for v in videos}
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(path)]))
     res = subprocess.run(
         [sys.executable, "-c", TRANSNET_CHILD, *map(str, videos)],
@@ -144,7 +149,9 @@ def transnet(videos: list[Path], path: Path) -> dict[str, dict]:
         text=True,
         env=env,
     )
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    cache.write_text(json.dumps({"key": key, "result": result}))
+    return result
 
 
 def boundary_row(detected: list[int], truth: list[tuple[int, str, int]], flashes: list[int]) -> dict:
@@ -174,8 +181,9 @@ def seqbuild(args: list[str], pythonpath: Path = REPO) -> float:
     """Run one seqbuild command in a child process (code from ``pythonpath``); its wall seconds."""
     env = dict(os.environ, PYTHONPATH=str(pythonpath))
     start = time.perf_counter()
+    quiet = [] if args[0] == "export" else ["--no-progress"]
     subprocess.run(
-        [sys.executable, "-m", "seqbuild", *args, "--no-progress"],
+        [sys.executable, "-m", "seqbuild", *args, *quiet],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -438,7 +446,7 @@ def main() -> None:
         print(name, json.dumps(rows), file=sys.stderr)
     if args.transnet:
         try:
-            tn = transnet([v for v, _ in broadcasts.values()], Path(args.transnet))
+            tn = transnet([v for v, _ in broadcasts.values()], Path(args.transnet), work / "transnet.json")
             for name, (video, gt_path) in broadcasts.items():
                 truth, flashes = truth_of(json.loads(gt_path.read_text()))
                 r = tn[str(video)]

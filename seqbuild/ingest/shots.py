@@ -214,7 +214,7 @@ class TransitionDetector(ShotDetector):
         self._frames: dict[int, _Frame] = {}
         self._last = -1
         self._anchor = 0  # first frame that may still belong to an undecided transition
-        self._last_content: int | None = None  # last frame that was not flat
+        self._last_cut = -1
         self._fades: list[Transition] = []  # cuts whose kind and extent wait for frames after them
         self._keep = self.window + self.latency + self.settle + 8
 
@@ -242,7 +242,6 @@ class TransitionDetector(ShotDetector):
             if frame.z is not None and prev.z is not None:
                 frame.structure_step = _content_distance(frame.z, prev.z)
         self._frames[index] = frame
-        z = frame.z
         self._last = index
         out: list[Transition] = []
         c = index - self.latency
@@ -250,8 +249,6 @@ class TransitionDetector(ShotDetector):
             out += self._check_cut(c, index)
         out += self._check_dissolve(index - self.latency, settle=self.settle)
         out += self._settle_fades(index, final=False)
-        if z is not None:
-            self._last_content = index
         for old in [k for k in self._frames if k < index - self._keep]:
             del self._frames[old]
         return out
@@ -281,7 +278,7 @@ class TransitionDetector(ShotDetector):
         fr = self._frames
         f = fr.get(c)
         prev = fr.get(c - 1)
-        if f is None or prev is None or f.z is None or c <= self._anchor:
+        if f is None or prev is None or f.z is None or c < self._anchor or c <= self._last_cut:
             return []
         if prev.z is None:
             # Across flat frames: compare with the last frame that had content.
@@ -332,7 +329,7 @@ class TransitionDetector(ShotDetector):
         out = self._dissolve_before(c)
         cut = Transition("cut", c, c, c - 1, float(d))
         self._fades.append(cut)
-        self._anchor = c
+        self._anchor = self._last_cut = c
         return [*out, cut]
 
     def _window(self, end: int) -> list[int]:
@@ -351,8 +348,14 @@ class TransitionDetector(ShotDetector):
         frames = self._window(end)
         if len(frames) < 4:
             return []
-        change = frame_distance(self._frames[frames[0]], self._frames[frames[-1]])
+        fr = self._frames
+        change = frame_distance(fr[frames[0]], fr[frames[-1]])
         if change is None or change < self.cut_threshold:
+            return []
+        # A dissolve is recognised once the picture has settled after it: while the latest frames still
+        # move a lot (a busy shot, or a dissolve under way), the fit can wait.
+        recent = frame_distance(fr[frames[max(0, len(frames) - 1 - settle)]], fr[frames[-1]])
+        if recent is None or recent > 0.5 * change:
             return []
         found = self._fit_dissolve(frames, min_len=2)
         if found is None:

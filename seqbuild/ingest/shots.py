@@ -30,8 +30,8 @@ A cut is known ``latency`` frames after it happens; a dissolve once it has settl
 ``max_transition + latency`` frames after its first frame. Nothing before
 :attr:`TransitionDetector.final_before` can change. The defaults were chosen while looking at four
 composed broadcasts (dev_broadcast, dev_broadcast_2 and two check broadcasts with other dissolve and fade
-lengths, flashes and people; benchmarks/media) and two real clips without transitions (a walking crowd, a
-stage recording with cuts); docs/benchmarks.md "Transitions" has the figures.
+lengths, flashes and people; benchmarks/media) and two real clips without ground truth (a walking crowd:
+no cut found; a stage recording: its three cuts found); docs/benchmarks.md "Transitions" has the figures.
 """
 
 from __future__ import annotations

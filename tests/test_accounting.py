@@ -12,7 +12,10 @@ from click.testing import CliRunner
 
 from seqbuild.pipeline.run import stage_function
 
-STAGE_INPUT = {"clean": Path("clean") / "_local" / "assignments", "dedup_overlap": Path("clean") / "assignments"}
+STAGE_INPUT = {
+    "clean": Path("clean") / "_local" / "assignments",
+    "dedup_overlap": Path("clean") / "assignments",
+}
 """Where the sequences a stage removes whole (rerun copies, gallery matches) are listed with their faces."""
 
 

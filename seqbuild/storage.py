@@ -160,15 +160,6 @@ def read_tables(paths: Iterable[str | os.PathLike[str]], schema: pa.Schema) -> p
     return pa.concat_tables(tables)
 
 
-def iter_batches(path: str | os.PathLike[str], batch_size: int = 1024, columns: list[str] | None = None):
-    """Stream a Parquet file as record batches (bounded memory for large tables)."""
-    try:
-        pf = pq.ParquetFile(path)
-        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CorruptTableError(f"{path}: corrupt or truncated Parquet file ({exc})") from exc
-
-
 class ShardStore:
     """A stage's output folder: one set of files per shard (a video) plus a completion marker each.
 

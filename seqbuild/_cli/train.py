@@ -80,13 +80,21 @@ def eval_cmd(model, pairs, images, bin_paths, video_pairs, videos, flip, device,
 @click.command("import-identities")
 @click.argument("src")
 @click.option("--out", required=True, help="Identity dataset folder to write.")
-@click.option("--aligned", is_flag=True, help="Images are already aligned face crops (no detection).")
-@click.option("--size", type=int, default=144, show_default=True, help="Crop size.")
-@click.option("--device", default="auto", show_default=True, help="Detector device.")
+@click.option(
+    "--aligned", is_flag=True, default=None, help="Images are already aligned face crops (no detection)."
+)
+@click.option("--size", type=int, default=None, help="Crop size [default: 144].")
+@click.option("--min-face", type=int, default=None, help="Smallest face side in a photo [default: 20].")
+@click.option("--device", default=None, help="Detector device: auto | cpu | cuda | cuda:N.")
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
+@config_options
+@log_level_option
 @handle_errors
-def import_identities(src, out, aligned, size, device) -> None:
+def import_identities(src, out, config_path, sets, log_level, no_progress, **flags) -> None:
     """Import a labelled identity set (image folder or train.rec/.idx) as aligned 144x144 crops."""
     from ..train.identities import import_identities as run_import
 
-    summary = run_import(src, out, aligned=aligned, size=size, device=device)
+    start_logging(log_level, None)
+    pipeline = load_config(config_path, sets, flags_layer("import_identities", **flags))
+    summary = run_import(src, out, pipeline["import_identities"], progress=not no_progress)
     click.echo(json.dumps(summary))

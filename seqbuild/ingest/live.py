@@ -38,7 +38,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
     from .stage import ShardBuilder, _summary, failed_row, segment_id, write_video_row
 
     t0 = time.perf_counter()
-    stream_id = task.video_id
+    stream_id = task.video
     seg_no = _next_segment_number(store, stream_id)
     builder: ShardBuilder | None = None
     seg_start_pts: float | None = None
@@ -83,7 +83,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
     try:
         while not done:
             try:
-                container = open_container(task.source, cfg.timeout)
+                container = open_container(task.params["source"], cfg.timeout)
             except InputError as exc:
                 if first_error is None:
                     first_error = str(exc)
@@ -116,7 +116,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                                 gaps.append((last_pts, waited))
                                 log.warning(
                                     "%s: reconnected after %.1f s; stream time jumped %.2f s",
-                                    task.source,
+                                    task.params["source"],
                                     waited,
                                     pts - last_pts,
                                 )
@@ -135,7 +135,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                             seg_start_pts = pts
                         if builder is None:
                             builder = ShardBuilder(
-                                segment_id(stream_id, seg_no), task.source, cfg, store, task.config_hash
+                                segment_id(stream_id, seg_no), task.params["source"], cfg, store, task.key
                             )
                             seg_index = 0
                         builder.feed(frame, seg_index)
@@ -154,7 +154,9 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                     ):
                         done = True
                 except (av.error.FFmpegError, OSError) as exc:
-                    log.warning("%s: stream read failed at %.2f s: %s", task.source, last_pts or 0.0, exc)
+                    log.warning(
+                        "%s: stream read failed at %.2f s: %s", task.params["source"], last_pts or 0.0, exc
+                    )
             finally:
                 container.close()
             if done:
@@ -164,7 +166,10 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                 break
             drop_wall = time.monotonic()
             log.warning(
-                "%s: stream stopped at %.2f s; reconnecting in %.1f s", task.source, last_pts or 0.0, backoff
+                "%s: stream stopped at %.2f s; reconnecting in %.1f s",
+                task.params["source"],
+                last_pts or 0.0,
+                backoff,
             )
             attempts_left -= 1
             time.sleep(backoff)
@@ -177,14 +182,18 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
     wall = time.perf_counter() - t0
     if not segments:
         row = failed_row(
-            stream_id, task.source, "stream", first_error or f"{task.source}: no video frames received", wall
+            stream_id,
+            task.params["source"],
+            "stream",
+            first_error or f"{task.params['source']}: no video frames received",
+            wall,
         )
         store.clear(stream_id)
-        write_video_row(store, row, task.config_hash)
+        write_video_row(store, row, task.key)
         return _summary(row, gaps=gaps)
     row = {
         "video_id": stream_id,
-        "source": task.source,
+        "source": task.params["source"],
         "kind": "stream",
         "parent_id": None,
         "status": "ok",
@@ -199,5 +208,5 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
         "wall_seconds": wall,
     }
     store.clear(stream_id)
-    write_video_row(store, row, task.config_hash)
+    write_video_row(store, row, task.key)
     return _summary(row, gaps=gaps, segments=segments)

@@ -56,7 +56,7 @@ class TrainConfig:
     )
     image_size: int = option(144, "crops are resized to this size (they are stored at 144)", min=8)
     crop_size: int = option(128, "random crop (train) / centre crop (test) size", min=8)
-    workers: int = option(4, "data-loader worker processes (JPEG decoding)", min=0)
+    workers: int = option(4, "data-loader worker processes (JPEG decoding)", min=0, affects_output=False)
     # optimisation
     epochs: int = option(1, "passes over the identity data", min=1)
     max_steps: int = option(0, "stop after this many steps in total (0 = run all epochs)", min=0)
@@ -68,19 +68,34 @@ class TrainConfig:
     lr_gamma: float = option(0.1, "learning-rate decay factor", min=0.0)
     init: str = option("", "checkpoint whose backbone initialises this run (fine-tuning phase)")
     # engineering
-    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", affects_output=False)
     amp: str = option(
         "auto",
         "mixed precision: auto | bf16 | fp16 | off (auto = bf16 on CUDA)",
         choices=("auto", "bf16", "fp16", "off"),
     )
-    compile: bool = option(False, "torch.compile the backbone")
+    compile: bool = option(False, "torch.compile the backbone", affects_output=False)
     channels_last: bool = option(True, "channels_last memory format on CUDA")
     seed: int = option(0, "random seed (sampling, augmentation, DSA subsets, initialisation)")
     checkpoint_every: int = option(
-        1000, "steps between checkpoints (one is always written at the end)", min=1
+        1000, "steps between checkpoints (one is always written at the end)", min=1, affects_output=False
     )
-    log_every: int = option(20, "steps between log lines", min=1)
-    tensorboard: bool = option(True, "write TensorBoard logs beside the CSV log")
-    resume: bool = option(True, "resume from OUT/last.pt when it exists")
+    log_every: int = option(20, "steps between log lines", min=1, affects_output=False)
+    tensorboard: bool = option(True, "write TensorBoard logs beside the CSV log", affects_output=False)
+    resume: bool = option(True, "resume from OUT/last.pt when it exists", affects_output=False)
     out: str = option("", "checkpoint folder")
+
+
+@dataclass
+class ImportConfig:
+    """Options of `seqbuild import-identities` (photos are detected and aligned as ingest does)."""
+
+    aligned: bool = option(False, "images are already aligned face crops (no detection)")
+    size: int = option(144, "side of the stored aligned crop", min=32)
+    detector: str = option("mtcnn", "face detector for unaligned photos, by registry name")
+    # Identity photos are portraits: a looser minimum face and threshold than ingest's (which must not
+    # admit background faces of a broadcast) keep small and partly turned portraits.
+    min_face: int = option(20, "smallest face side (source pixels) looked for in a photo", min=12)
+    threshold: float = option(0.9, "detector face probability threshold", min=0.0, max=1.0)
+    max_side: int = option(1280, "photos larger than this are downscaled before detection", min=64)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", affects_output=False)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ..errors import requires
+from .errors import requires
 from .executors import EXECUTORS, Executor
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def shutdown_ray() -> None:
 
 def apply_to_item(fn: Callable[[Any], Any], item: Any) -> Any:
     """The body of every Ray task: ``fn(item)`` (fn travels by reference, so any picklable callable works)."""
-    from ..memory import call_and_release
+    from .memory import call_and_release
 
     return call_and_release(fn, item)
 

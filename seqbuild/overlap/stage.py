@@ -247,49 +247,62 @@ def _recount_sequences(seqs: pa.Table, faces: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(base.reset_index()[SEQUENCES.names], schema=SEQUENCES, preserve_index=False)
 
 
-def dedup_video(task: VideoTask) -> dict[str, Any]:
-    """Filter one video against the galleries and write its stage tables and final dataset; returns counts."""
-    run = RunDir(task.run)
-    video = task.video
-    cfg: OverlapConfig = task.cfg
-    src = run.stage(cfg.input_stage)
-    out = run.dedup_overlap
-    galleries = [(_gallery(spec), spec.threshold) for spec in task.params["galleries"]]
+@dataclass
+class DedupOutput:
+    """One video's dedup-overlap tables and counts."""
 
-    assign = read_table(src.table_path("assignments", video), ASSIGNMENTS)
-    seqs = read_table(src.table_path("sequences", video), SEQUENCES)
-    emb_path = run.embed.table_path("embeddings", video)
-    if not emb_path.exists():
-        raise InputError(f"{emb_path}: no embeddings for video {video}; run `seqbuild embed` first")
-    emb = read_table(emb_path, columns=["face_id", "embedding"])
-    dim = galleries[0][0].dim
-    # Arrow cannot join on fixed-size-list columns: look the kept faces up by position instead.
+    assignments: pa.Table
+    sequences: pa.Table
+    removals: pa.Table
+    counts: dict[str, Any]
+
+
+def embedding_matrix(emb: pa.Table, face_ids: list[str], source: Any = "") -> tuple[list[str], np.ndarray]:
+    """The vectors of ``face_ids`` found in an embeddings table: (the ids found, in order; their matrix)."""
     row_of = {f: i for i, f in enumerate(emb.column("face_id").to_pylist())}
+    found = [f for f in face_ids if f in row_of]
+    flat = emb.column("embedding").combine_chunks()
+    if not found:
+        width = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else 0
+        return [], np.zeros((0, width), np.float32)
+    width = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else len(flat[0].as_py())
+    values = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    return found, np.ascontiguousarray(values[[row_of[f] for f in found]], dtype=np.float32)
+
+
+def dedup_tables(
+    video: str,
+    assign: pa.Table,
+    seqs: pa.Table,
+    emb: pa.Table,
+    det: pa.Table,
+    galleries: list[tuple[Gallery, float]],
+    cfg: OverlapConfig,
+) -> DedupOutput:
+    """Filter one video's sequences against the galleries; no I/O.
+
+    ``emb`` holds the faces' embeddings (face_id, embedding); ``det`` the detection figures of its faces
+    (face_id, frame_idx, pts, det_score, face_size), used to recount sequences that lose single faces.
+    """
+    dim = galleries[0][0].dim
     all_faces = assign.column("face_id").to_pylist()
     all_seqs = assign.column("seq_id").to_pylist()
     faces_of: dict[str, list[str]] = {}
     for f, q in zip(all_faces, all_seqs, strict=True):
         faces_of.setdefault(q, []).append(f)
-    rows = [(f, q, row_of.get(f)) for f, q in zip(all_faces, all_seqs, strict=True)]
-    missing = sum(1 for _, _, r in rows if r is None)
-    if missing:
+    face_ids, vectors = embedding_matrix(emb, all_faces)
+    if len(face_ids) < len(all_faces):
         log.warning(
-            "%s: %d kept faces have no embedding and are checked through their sequence only", video, missing
+            "%s: %d kept faces have no embedding and are checked through their sequence only",
+            video,
+            len(all_faces) - len(face_ids),
         )
-    rows = [(f, q, r) for f, q, r in rows if r is not None]
-    face_ids = [f for f, _, _ in rows]
-    face_seqs = [q for _, q, _ in rows]
-    flat = emb.column("embedding").combine_chunks()
-    if rows:
-        width = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else len(flat[0].as_py())
-        if width != dim:
-            raise InputError(
-                f"{emb_path}: {width}-d embeddings, but gallery {galleries[0][0].name} is {dim}-d"
-            )
-        values = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-        vectors = np.ascontiguousarray(values[[r for _, _, r in rows]], dtype=np.float32)
-    else:
-        vectors = np.zeros((0, dim), np.float32)
+    if len(face_ids) and vectors.shape[1] != dim:
+        raise InputError(
+            f"video {video}: {vectors.shape[1]}-d embeddings, but gallery {galleries[0][0].name} is {dim}-d"
+        )
+    seq_of = dict(zip(all_faces, all_seqs, strict=True))
+    face_seqs = [seq_of[f] for f in face_ids]
 
     seq_keys, centres = sequence_centres(face_seqs, vectors)
     seq_match = dict(zip(seq_keys, best_matches(centres, galleries, cfg.index, cfg.nprobe), strict=True))
@@ -309,41 +322,59 @@ def dedup_video(task: VideoTask) -> dict[str, Any]:
                 removed_faces.add(face_ids[i])
                 removals += _removals(video, face_seqs[i], [face_ids[i]], m, "face")
 
-    keep = pc.invert(pc.is_in(assign.column("seq_id"), pa.array(sorted(removed_seqs), pa.string())))
+    gone_seqs = pa.array(sorted(removed_seqs), pa.string())
+    keep = pc.invert(pc.is_in(assign.column("seq_id"), gone_seqs))
     keep = pc.and_(
         keep, pc.invert(pc.is_in(assign.column("face_id"), pa.array(sorted(removed_faces), pa.string())))
     )
     kept_assign = assign.filter(keep)
-    kept_seqs = seqs.filter(
-        pc.invert(pc.is_in(seqs.column("seq_id"), pa.array(sorted(removed_seqs), pa.string())))
-    )
+    kept_seqs = seqs.filter(pc.invert(pc.is_in(seqs.column("seq_id"), gone_seqs)))
     if removed_faces:
         # Sequences whose faces matched one by one keep only the others (every removed face has its row).
-        det = read_table(run.ingest.table_path("detections", video), DETECTIONS, columns=None)
-        det = det.select(["face_id", "frame_idx", "pts", "det_score", "face_size"])
         kept_det = det.join(kept_assign.select(["face_id", "seq_id"]), keys="face_id", join_type="inner")
         kept_seqs = _recount_sequences(kept_seqs, kept_det)
-    removals_table = pa.Table.from_pylist(removals, schema=REMOVALS)
-
-    h = task.key
-    write_table(out.table_path("assignments", video), kept_assign, ASSIGNMENTS, "assignments", h)
-    write_table(out.table_path("sequences", video), kept_seqs, SEQUENCES, "sequences", h)
-    write_table(out.table_path("removals", video), removals_table, REMOVALS, "removals", h)
-    write_dataset_shard(run, video, h)
-    out.mark_done(video, h)
 
     per_gallery: dict[str, dict[str, int]] = {g.name: {"sequences": 0, "faces": 0} for g, _ in galleries}
     for r in removals:
         per_gallery[r["gallery"]]["faces"] += 1
     for seq_id in removed_seqs:
         per_gallery[seq_match[seq_id].gallery]["sequences"] += 1
-    return {
+    counts = {
         "sequences_in": seqs.num_rows,
         "sequences_kept": kept_seqs.num_rows,
         "faces_in": assign.num_rows,
         "faces_kept": kept_assign.num_rows,
         "galleries": per_gallery,
     }
+    return DedupOutput(kept_assign, kept_seqs, pa.Table.from_pylist(removals, schema=REMOVALS), counts)
+
+
+def dedup_video(task: VideoTask) -> dict[str, Any]:
+    """Filter one video against the galleries and write its stage tables and final dataset; returns counts."""
+    run = RunDir(task.run)
+    video = task.video
+    cfg: OverlapConfig = task.cfg
+    src = run.stage(cfg.input_stage)
+    galleries = [(_gallery(spec), spec.threshold) for spec in task.params["galleries"]]
+    assign = read_table(src.table_path("assignments", video), ASSIGNMENTS)
+    seqs = read_table(src.table_path("sequences", video), SEQUENCES)
+    emb_path = run.embed.table_path("embeddings", video)
+    if not emb_path.exists():
+        raise InputError(f"{emb_path}: no embeddings for video {video}; run `seqbuild embed` first")
+    emb = read_table(emb_path, columns=["face_id", "embedding"])
+    det = read_table(
+        run.ingest.table_path("detections", video),
+        DETECTIONS,
+        columns=["face_id", "frame_idx", "pts", "det_score", "face_size"],
+    )
+    out = dedup_tables(video, assign, seqs, emb, det, galleries, cfg)
+    store, h = run.dedup_overlap, task.key
+    write_table(store.table_path("assignments", video), out.assignments, ASSIGNMENTS, "assignments", h)
+    write_table(store.table_path("sequences", video), out.sequences, SEQUENCES, "sequences", h)
+    write_table(store.table_path("removals", video), out.removals, REMOVALS, "removals", h)
+    write_dataset_shard(run, video, h)
+    store.mark_done(video, h)
+    return out.counts
 
 
 def write_dataset_shard(run: RunDir, shard: str, config_hash: str = "") -> dict[str, int]:

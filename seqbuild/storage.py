@@ -114,7 +114,12 @@ def write_table(
     table = table.replace_schema_metadata(meta)
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        if table.num_rows:
+            pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        else:
+            # An empty table is written with its schema and no row group at all: readers that size
+            # their batches from row groups (Hugging Face datasets) cannot handle an empty row group.
+            pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
     return path
 
 

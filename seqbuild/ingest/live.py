@@ -24,6 +24,33 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
 
 
+def finite_source(url: str, timeout: float = 10.0) -> bool:
+    """True when ``url`` serves something of known length that ends: an HTTP(S) file whose response
+    carries a Content-Length (not chunked), or an HLS playlist that carries ``#EXT-X-ENDLIST``.
+
+    Anything else (RTSP, UDP, a live HTTP feed, a server that answers nothing useful) counts as a live
+    stream, read until ``duration`` or until it stops for good.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        return False
+    try:
+        if parsed.path.lower().endswith(".m3u8"):
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return b"#EXT-X-ENDLIST" in resp.read(1 << 20)
+        request = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            chunked = "chunked" in (resp.headers.get("Transfer-Encoding") or "").lower()
+            return resp.status == 200 and bool(length) and int(length) > 0 and not chunked
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def _next_segment_number(store: ShardStore, stream_id: str) -> int:
     """Segments of an earlier, interrupted read of the same stream keep their numbers."""
     done = [s for s in store.done_shards() if s.startswith(f"{stream_id}-p")]
@@ -39,6 +66,9 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
 
     t0 = time.perf_counter()
     stream_id = task.video
+    finite = finite_source(task.params["source"], cfg.timeout)
+    if finite:
+        log.info("%s: a file of known length: read to its end once", task.params["source"])
     seg_no = _next_segment_number(store, stream_id)
     builder: ShardBuilder | None = None
     seg_start_pts: float | None = None
@@ -104,11 +134,13 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                 connection_first_pts: float | None = None
                 try:
                     for frame in iter_frames(container):
+                        if finite and last_pts is not None and frame.pts <= last_pts:
+                            continue  # a file read again after a drop: skip what was read before
                         pts = frame.pts + offset
                         if first_of_connection:
                             first_of_connection = False
                             if last_pts is not None:
-                                if pts <= last_pts:
+                                if pts <= last_pts and not finite:
                                     # The clock restarted with the new connection: keep pts rising.
                                     offset += last_pts - pts + (1.0 / fps if fps else 0.04)
                                     pts = frame.pts + offset
@@ -146,7 +178,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                             break
                     # A source with a known length (a file served over HTTP, a finished recording) that
                     # was read to its end is over: reconnecting would only read it again.
-                    if (
+                    if finite or (
                         info.duration
                         and connection_first_pts is not None
                         and last_pts is not None

@@ -94,3 +94,19 @@ def test_ray_executor_streams_results_and_raises_task_errors(local_ray):
     assert got == {1: 1, 4: 2, 16: 4, 25: 5, 36: 6}
     with pytest.raises(ValueError, match="nonnegative"):
         dict(executor.map(math.isqrt, [1, -3]))
+
+
+def test_joining_a_cluster_that_is_not_there_is_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from seqbuild._cli.main import cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    toml = tmp_path / "p.toml"
+    toml.write_text('[run]\nstages = ["ingest"]\n[ingest]\ninputs = ["nothing.mp4"]\n')
+    result = CliRunner().invoke(
+        cli, ["run", str(toml), "--out", str(tmp_path / "run"), "--executor", "ray", "--ray-address", "auto"]
+    )
+    assert result.exit_code != 0
+    assert "no running Ray cluster found" in result.output and "ray start --head" in result.output
+    assert "Traceback" not in result.output and "--address` flag" not in result.output

@@ -100,7 +100,9 @@ def test_joining_a_cluster_that_is_not_there_is_one_line(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from seqbuild._cli.main import cli
+    from seqbuild.ray_executor import shutdown_ray
 
+    shutdown_ray()  # a local instance started by an earlier test would be used instead of joining
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     toml = tmp_path / "p.toml"
     toml.write_text('[run]\nstages = ["ingest"]\n[ingest]\ninputs = ["nothing.mp4"]\n')

@@ -321,6 +321,12 @@ def test_cli_tracks_and_saves_config(tmp_path):
     assert result.exit_code == 0, result.output
     assert "sequences=2" in result.output
     assert 'tracker = "greedy_iou"' in run.config_path.read_text()
+    log_text = (run.root / "logs" / "seqbuild.log").read_text()
+    assert "track: running" in log_text and "track: done in" in log_text
+    # The run remembers the tracker: a later `track` without the flag keeps it, and nothing is redone.
+    again = CliRunner().invoke(cli, ["track", str(run.root), "--no-progress"])
+    assert again.exit_code == 0 and "done=0" in again.output and "skipped=1" in again.output
+    assert 'tracker = "greedy_iou"' in run.config_path.read_text()
 
 
 def test_video_without_faces_writes_empty_tables(tmp_path):

@@ -76,16 +76,19 @@ def gallery() -> None:
 @click.option(
     "--prealigned", is_flag=True, default=None, help="Photos are already aligned crops (skip detection)."
 )
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
 @config_options
 @log_level_option
 @handle_errors
-def gallery_build(src, out, name, identities, config_path, sets, log_level, **flags) -> None:
+def gallery_build(src, out, name, identities, config_path, sets, log_level, no_progress, **flags) -> None:
     """Build a gallery from an image folder, a RecordIO train.rec/.idx pair, or precomputed features."""
     from ..overlap.gallery import build_gallery
 
     start_logging(log_level, None)
     pipeline = load_config(config_path, sets, flags_layer("dedup_overlap", **flags))
-    manifest = build_gallery(src, out, pipeline["dedup_overlap"], name=name, identities=identities)
+    manifest = build_gallery(
+        src, out, pipeline["dedup_overlap"], name=name, identities=identities, progress=not no_progress
+    )
     counts = ", ".join(f"{k} {v}" for k, v in sorted(manifest["status_counts"].items()))
     click.echo(
         f"gallery {manifest['name']}: {manifest['n_identities']} identities from {manifest['n_images']} images ({counts});"

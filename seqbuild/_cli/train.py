@@ -29,10 +29,11 @@ from .common import config_options, flags_layer, handle_errors, load_config, log
 @click.option(
     "--no-resume", "resume", flag_value=False, default=None, help="Start afresh even if OUT/last.pt exists."
 )
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
 @config_options
 @log_level_option
 @handle_errors
-def train(config_path, sets, log_level, sequences, **flags) -> None:
+def train(config_path, sets, log_level, sequences, no_progress, **flags) -> None:
     """Train a face model with SeqFace (LSR + DSA) on identity data plus produced sequences."""
     from ..pipeline.loading import save_config
     from ..train.trainer import run_train
@@ -41,7 +42,7 @@ def train(config_path, sets, log_level, sequences, **flags) -> None:
     pipeline = load_config(config_path, sets, flags_layer("train", **flags))
     cfg = pipeline["train"]
     start_logging(log_level, None)
-    summary = run_train(cfg)
+    summary = run_train(cfg, progress=not no_progress)
     save_config(pipeline, Path(cfg.out) / "config.toml")
     click.echo(json.dumps(summary, indent=1))
 

@@ -21,7 +21,7 @@ from seqbuild.imaging import encode_jpeg
 from seqbuild.train.backbones import create_backbone
 from seqbuild.train.config import TrainConfig
 from seqbuild.train.data import FaceImages, LabelledImages, MixedBatchSampler, make_loader
-from seqbuild.train.trainer import build_losses, train_step
+from seqbuild.train.trainer import SeqFaceModel, build_losses, train_step
 
 
 def _load() -> str:
@@ -41,16 +41,18 @@ def step_rate(
     """Images per second of full training steps (forward, losses, backward, SGD, centre update)."""
     torch.manual_seed(0)
     cfg = build(TrainConfig, {"chief_loss": chief, "aux_loss": aux})
-    model = create_backbone("resnet27").to(device)
     chief_m, aux_m = build_losses(cfg, identities, sequences, 512)
-    chief_m.to(device)
-    if aux_m is not None:
-        aux_m.to(device)
-    autocast = None
-    if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    opt = torch.optim.SGD(list(model.parameters()) + list(chief_m.parameters()), lr=0.01, momentum=0.9)
+    cuda = device.startswith("cuda")
+    model = SeqFaceModel(
+        create_backbone("resnet27"),
+        chief_m,
+        aux_m,
+        amp_dtype=torch.bfloat16 if cuda else None,
+        device_type="cuda" if cuda else "cpu",
+    ).to(device)
+    if cuda:
+        model.backbone.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 128, 128, device=device)
     if device.startswith("cuda"):
         x = x.contiguous(memory_format=torch.channels_last)
@@ -60,12 +62,12 @@ def step_rate(
     )
     y = y.to(device)
     for _ in range(warmup):
-        train_step(model, chief_m, aux_m, opt, x, y, 0, autocast)
+        train_step(model, opt, x, y, 0)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(iters):
-        train_step(model, chief_m, aux_m, opt, x, y, i + 1, autocast)
+        train_step(model, opt, x, y, i + 1)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return batch * iters / (time.perf_counter() - t0)

@@ -36,18 +36,36 @@ class TrainConfig:
     )
     # auxiliary losses
     aux_normalise: bool = option(
-        True, "apply the auxiliary loss to L2-normalised features (false: raw fc5 features)"
+        True,
+        "apply the auxiliary loss to L2-normalised features (false: raw fc5 features, as the paper; "
+        "dsa_beta must then suit the features' scale)",
     )
     aux_weight: float = option(0.04, "weight of the auxiliary loss", min=0.0)
-    centre_rate: float = option(0.5, "centre update rate", min=0.0)
+    centre_update: str = option(
+        "rate",
+        "how centres move: rate (centre_rate, fixed) | solver (the step's learning rate and momentum, "
+        "as the released Caffe layer)",
+        choices=("rate", "solver"),
+    )
+    centre_rate: float = option(0.5, "centre update rate (centre_update = rate)", min=0.0)
     dsa_lambda: float = option(0.5, "DSA: weight of the pull term", min=0.0, max=1.0)
     dsa_alpha: float = option(2.0, "DSA: alpha", min=0.0)
-    dsa_beta: float = option(1.0, "DSA: beta", min=0.0)
+    dsa_beta: float = option(
+        0.25,
+        "DSA: beta (0.25 on normalised features, see the DSA loss; the paper's 1 is for raw features)",
+        min=0.0,
+    )
     dsa_p: float = option(
         0.01, "DSA: probability that a centre is in the iteration's subset", min=0.0, max=1.0
     )
     dsa_distance: str = option(
         "euclidean", "DSA distance: euclidean | angular", choices=("euclidean", "angular")
+    )
+    dsa_normaliser: str = option(
+        "pooled",
+        "DSA push normaliser: pooled (mean over the sampled centres, as the released layer) | paper "
+        "(eq. 12: identity and sequence parts each over their expected count)",
+        choices=("pooled", "paper"),
     )
     margin_loss_margin: float = option(1.0, "margin loss (Gao et al.): margin", min=0.0)
     # data
@@ -66,7 +84,21 @@ class TrainConfig:
     weight_decay: float = option(5e-4, "weight decay (not applied to centres)", min=0.0)
     lr_steps: list[int] = option([], "steps at which the learning rate is multiplied by lr_gamma")
     lr_gamma: float = option(0.1, "learning-rate decay factor", min=0.0)
-    init: str = option("", "checkpoint whose backbone initialises this run (fine-tuning phase)")
+    warmup_steps: int = option(0, "linear learning-rate warm-up over this many steps", min=0)
+    clip_grad_norm: float = option(
+        0.0, "clip the gradient's global L2 norm to this (0 = no clipping)", min=0.0
+    )
+    init: str = option(
+        "",
+        "checkpoint that initialises this run (fine-tuning): its backbone, and its classifier head when "
+        "its identity list is the same",
+    )
+    # validation while training
+    val_bins: list[str] = option([], "insightface verification .bin files checked while training")
+    val_pairs: str = option("", "LFW-style pairs file checked while training (with val_images)")
+    val_images: str = option("", "folder of aligned crops that val_pairs refers to")
+    val_every: int = option(2000, "steps between verification checks (and one at the end)", min=1)
+    val_flip: bool = option(False, "verification adds the feature of the mirrored crop")
     # engineering
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     amp: str = option(
@@ -83,4 +115,7 @@ class TrainConfig:
     log_every: int = option(20, "steps between log lines", min=1)
     tensorboard: bool = option(True, "write TensorBoard logs beside the CSV log")
     resume: bool = option(True, "resume from OUT/last.pt when it exists")
+    rank_checkpoints: bool = option(
+        False, "under DDP every rank also writes its own state (OUT/last.rankN.pt) to check they agree"
+    )
     out: str = option("", "checkpoint folder")

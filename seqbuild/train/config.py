@@ -36,23 +36,23 @@ class TrainConfig:
     )
     # auxiliary losses
     aux_normalise: bool = option(
-        True,
-        "apply the auxiliary loss to L2-normalised features (false: raw fc5 features, as the paper; "
-        "dsa_beta must then suit the features' scale)",
+        False,
+        "apply the auxiliary loss to L2-normalised features (default false: raw fc5 features, as the "
+        "paper; on unit features beta = 1 never clips: use dsa_beta ~ 0.25 and a larger aux_weight)",
     )
     aux_weight: float = option(0.04, "weight of the auxiliary loss", min=0.0)
     centre_update: str = option(
-        "rate",
-        "how centres move: rate (centre_rate, fixed) | solver (the step's learning rate and momentum, "
-        "as the released Caffe layer)",
+        "solver",
+        "how centres move: solver (the step's learning rate and momentum, as the released Caffe layer) | "
+        "rate (centre_rate, fixed)",
         choices=("rate", "solver"),
     )
     centre_rate: float = option(0.5, "centre update rate (centre_update = rate)", min=0.0)
     dsa_lambda: float = option(0.5, "DSA: weight of the pull term", min=0.0, max=1.0)
     dsa_alpha: float = option(2.0, "DSA: alpha", min=0.0)
     dsa_beta: float = option(
-        0.25,
-        "DSA: beta (0.25 on normalised features, see the DSA loss; the paper's 1 is for raw features)",
+        1.0,
+        "DSA: beta (the paper's 1, for raw features; about 0.25 on normalised ones, see the DSA loss)",
         min=0.0,
     )
     dsa_p: float = option(
@@ -86,7 +86,7 @@ class TrainConfig:
     lr_gamma: float = option(0.1, "learning-rate decay factor", min=0.0)
     warmup_steps: int = option(0, "linear learning-rate warm-up over this many steps", min=0)
     clip_grad_norm: float = option(
-        0.0, "clip the gradient's global L2 norm to this (0 = no clipping)", min=0.0
+        5.0, "clip the gradient's global L2 norm to this, as arcface_torch (0 = no clipping)", min=0.0
     )
     init: str = option(
         "",

@@ -176,7 +176,13 @@ def _train_setup(device: str, quick: bool, amp: str, identities: int, sequences:
     cuda = device.startswith("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
     model = SeqFaceModel(
-        create_backbone("resnet27"), chief, aux, cfg.aux_normalise, dtype, "cuda" if cuda else "cpu"
+        create_backbone("resnet27"),
+        chief,
+        aux,
+        cfg.aux_normalise,
+        dtype,
+        "cuda" if cuda else "cpu",
+        aux_scale=cfg.aux_scale,
     ).to(device)
     if cuda:
         model.backbone.to(memory_format=torch.channels_last)
@@ -203,12 +209,12 @@ def _step_rate(device: str, quick: bool, amp: str, sizes: dict[str, int], steps:
         torch.cuda.reset_peak_memory_stats()
     y = labels.to(device)
     for i in range(warmup):
-        train_step(model, opt, x, y, i, scaler)
+        train_step(model, opt, x, y, i, scaler, cfg.clip_grad_norm)
     _sync(device)
     t0 = time.perf_counter()
     comps: dict[str, float] = {}
     for i in range(steps):
-        comps = train_step(model, opt, x, y, warmup + i, scaler)
+        comps = train_step(model, opt, x, y, warmup + i, scaler, cfg.clip_grad_norm)
     _sync(device)
     wall = time.perf_counter() - t0
     out = {
@@ -263,7 +269,7 @@ def _loader_rate(device: str, quick: bool, sizes: dict[str, int], steps: int, wo
         images = images.to(device, non_blocking=True)
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
-        train_step(model, opt, images, labels.to(device, non_blocking=True), i, scaler)
+        train_step(model, opt, images, labels.to(device, non_blocking=True), i, scaler, cfg.clip_grad_norm)
         if i >= warmup:
             seen += len(labels)
         if i + 1 >= warmup + steps:

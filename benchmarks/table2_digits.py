@@ -110,7 +110,7 @@ def train_row(
     cfg = replace(base, chief_loss=chief, aux_loss=aux, seed=seed, overlap_removed=kind != "A+B q0")
     backbone = create_backbone("mlp", in_features=64, hidden=128, dim=base.embedding_dim)
     chief_m, aux_m = build_losses(cfg, c, h, base.embedding_dim)
-    model = SeqFaceModel(backbone, chief_m, aux_m, aux_normalise=base.aux_normalise)
+    model = SeqFaceModel(backbone, chief_m, aux_m, aux_normalise=base.aux_normalise, aux_scale=base.aux_scale)
     opt = torch.optim.SGD(
         model.parameters(), lr=base.lr, momentum=base.momentum, weight_decay=base.weight_decay
     )

@@ -36,15 +36,18 @@ class TrainConfig:
     )
     # auxiliary losses
     aux_normalise: bool = option(
-        False,
-        "apply the auxiliary loss to L2-normalised features (default false: raw fc5 features, as the "
-        "paper; on unit features beta = 1 never clips: use dsa_beta ~ 0.25 and a larger aux_weight)",
+        True,
+        "the auxiliary loss sees L2-normalised features scaled to aux_scale (false: raw fc5 features, "
+        "whose norm the backbone sets)",
+    )
+    aux_scale: float = option(
+        4.0, "norm of the features the auxiliary loss sees (with aux_normalise; see the DSA loss)", min=0.0
     )
     aux_weight: float = option(0.04, "weight of the auxiliary loss", min=0.0)
     centre_update: str = option(
-        "solver",
-        "how centres move: solver (the step's learning rate and momentum, as the released Caffe layer) | "
-        "rate (centre_rate, fixed)",
+        "rate",
+        "how centres move: rate (centre_rate per appearance, whatever the learning rate) | solver (the "
+        "step's learning rate and momentum, as the released Caffe layer)",
         choices=("rate", "solver"),
     )
     centre_rate: float = option(0.5, "centre update rate (centre_update = rate)", min=0.0)
@@ -52,7 +55,7 @@ class TrainConfig:
     dsa_alpha: float = option(2.0, "DSA: alpha", min=0.0)
     dsa_beta: float = option(
         1.0,
-        "DSA: beta (the paper's 1, for raw features; about 0.25 on normalised ones, see the DSA loss)",
+        "DSA: beta (the paper's 1; a margin on the sphere of radius aux_scale)",
         min=0.0,
     )
     dsa_p: float = option(

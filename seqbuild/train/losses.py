@@ -382,22 +382,26 @@ class DSALoss(CentreLossBase):
     Celeb-Seq's scale (C = 79K, H = 550K) pooled gives an identity sample's identity pairs
     (C - 1) / (C + H - 1) = 0.13 of the weight eq. 12 gives them.
 
-    Where the distance lives (decided by measurement, docs/benchmarks.md "DSA: feature space, centre
-    speed, normaliser"). d = ||x - c||^2 / 4 as in the paper. On L2-normalised features d <= (1 + |c|)^2
-    / 4 <= 1, so with the paper's beta = 1 and alpha >= 1 the hinge can never clip (every pair active):
-    DSA degenerates to a pull plus a linear push from the mean sampled centre, and at the paper's
-    weight 0.04 its distances (<= 1) are too small against the chief loss to change anything (digits:
-    LSR + DSA 54.6 % with beta 1, 0.25 or 0.1, as LSR alone). On raw fc5 features (the paper, section
-    4.1.1) the loss sets the features' scale itself: the pull shrinks them, the push grows them while
-    alpha d_own < d_n, and the hinge switches pairs off once d_n - alpha d_own >= beta, so beta = 1
-    is a margin relative to a scale the training settles (digits: |f| ~ 3-6, 20-60 % of the pairs
-    active, LSR + DSA 59-62 % against 54.6 %). The trainer therefore feeds raw features
-    (``aux_normalise=false``) with alpha = 2, beta = 1; that diverged within 6 steps at lr 0.1 without
-    clipping and was stable at the paper's lr 0.01 or with the gradient clipped to norm 5 (the
-    trainer's default clip). For normalised features, beta = 0.25 is the value that lets the hinge clip:
-    trained centres have |c| ~ 1 and other classes sit about orthogonal, d_n ~ 1/2, and the hinge stops
-    once d_own <= (1/2 - beta) / alpha = 1/8 (an angle of about 41 degrees to the own centre). The share
-    of active pairs is logged as ``dsa_active``.
+    Where the distance lives (decided by measurement: docs/benchmarks.md, "DSA: feature space, centre
+    speed, normaliser"). d = ||x - c||^2 / 4 as in the paper, on features the trainer prepares
+    (``aux_normalise``, ``aux_scale``):
+
+    - unit features (scale 1): d <= (1 + |c|)^2 / 4 <= 1, so with the paper's beta = 1 and alpha >= 1
+      the hinge never clips (every pair active): DSA is then a pull plus a linear push from the mean
+      sampled centre, close to centre loss;
+    - raw fc5 features (the paper, section 4.1.1): the loss's magnitude follows the features' norm,
+      which the backbone sets (about 3 for an MLP, 30-140 for resnet27 at initialisation); on resnet27
+      the auxiliary loss was 3-10x the chief loss for the first steps and the step was all clipping,
+      and without a gradient clip raw features diverged within 6 steps at lr 0.1;
+    - features normalised then scaled to norm s (the default, s = 4): bounded distances whatever the
+      backbone, and beta = 1 becomes a margin on the sphere of radius s. With trained centres near the
+      sphere and other classes about orthogonal (d_n ~ s^2 / 2 = 8), the hinge switches off once
+      d_n - alpha d_own >= 1, i.e. once a sample is within about 56 degrees of its own centre
+      (s = 2: 41 degrees, s = 6: 62 degrees). On digits the share of active hinge pairs for LSR + DSA
+      was 0.88 / 0.43 / 0.21 / 0.09 at s = 2 / 3 / 4 / 6; s = 4 keeps the margin active for a minority
+      of pairs, the hard ones.
+
+    The share of active pairs is logged as ``dsa_active``.
     The batch mean is scaled by ``loss_weight``.
     """
 

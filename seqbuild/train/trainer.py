@@ -112,12 +112,14 @@ class SeqFaceModel(nn.Module):
         aux_normalise: bool = True,
         amp_dtype: torch.dtype | None = None,
         device_type: str = "cpu",
+        aux_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.chief = chief
         self.aux = aux
         self.aux_normalise = aux_normalise
+        self.aux_scale = aux_scale
         self.amp_dtype = amp_dtype
         self.device_type = device_type
         self.__dict__["_run_backbone"] = backbone  # not a registered submodule: no second set of names
@@ -139,7 +141,10 @@ class SeqFaceModel(nn.Module):
         parts = self.chief(features, labels, step)
         loss = parts["loss"]
         comps = {f"chief_{k}" if k == "loss" else k: v.detach() for k, v in parts.items()}
-        aux_in = torch.nn.functional.normalize(features, dim=1) if self.aux_normalise else features
+        if self.aux_normalise:
+            aux_in = self.aux_scale * torch.nn.functional.normalize(features, dim=1)
+        else:
+            aux_in = features
         if self.aux is not None:
             aux_parts = self.aux(aux_in, labels, step)
             loss = loss + aux_parts["loss"]
@@ -416,7 +421,9 @@ def build_training(cfg: TrainConfig, dist_info: _Dist | None = None) -> Training
     backbone = create_backbone(cfg.backbone, **backbone_kwargs)
     chief, aux = build_losses(cfg, num_id, num_seq, cfg.embedding_dim)
     amp_dtype, use_scaler = _amp(cfg, device)
-    model = SeqFaceModel(backbone, chief, aux, cfg.aux_normalise, amp_dtype, device.split(":")[0])
+    model = SeqFaceModel(
+        backbone, chief, aux, cfg.aux_normalise, amp_dtype, device.split(":")[0], aux_scale=cfg.aux_scale
+    )
     notes = load_init(cfg, model, id_hash) if cfg.init else []
     model.to(device)
     if device.startswith("cuda") and cfg.channels_last:

@@ -12,7 +12,7 @@ Parts (sizes for the full run; ``--quick`` shrinks every one to CI size and is m
   2-second warm-up clip that loads the detector; realtime factor = video seconds / wall seconds.
 - embed: the default FaceNet embedder (fp16 on CUDA) on real aligned crops from that ingest (synthetic
   crops when there are none), repeated to 20,000; faces/s, after one warm-up batch.
-- train: resnet27 at 128x128, batch 256, LSR-L2-SphereFace + DSA on 80,000 identities and 550,000
+- train: resnet27 at 128x128, batch 256 (quick: the tiny backbone at 32x32, batch 8), LSR-L2-SphereFace + DSA on 80,000 identities and 550,000
   sequences (Celeb-Seq's scale), half identity and half sequence samples per batch, channels_last, the
   trainer's own ``train_step``: bf16 autocast (the default), fp16 with the loss scaler, and fp32 as the
   baseline of the same run; then bf16 fed by the real JPEG data loader (decode, crop, flip) with one
@@ -138,7 +138,7 @@ def check_embed(device: str, quick: bool, work: Path) -> dict[str, Any]:
         rng = np.random.default_rng(0)
         crops = [rng.integers(0, 255, (144, 144, 3), dtype=np.uint8) for _ in range(64)]
         source = "synthetic crops"
-    n = 8 if quick else 20_000
+    n = 4 if quick else 20_000
     batch = [crops[i % len(crops)] for i in range(n)]
     t0 = time.perf_counter()
     emb = create_embedder("facenet", device=device)
@@ -162,7 +162,9 @@ def check_embed(device: str, quick: bool, work: Path) -> dict[str, Any]:
     }
 
 
-def _train_setup(device: str, quick: bool, amp: str, identities: int, sequences: int, batch: int) -> tuple:
+def _train_setup(
+    device: str, quick: bool, amp: str, identities: int, sequences: int, batch: int, backbone: str, size: int
+) -> tuple:
     import torch
 
     from seqbuild.config import build
@@ -170,13 +172,15 @@ def _train_setup(device: str, quick: bool, amp: str, identities: int, sequences:
     from seqbuild.train.config import TrainConfig
     from seqbuild.train.trainer import SeqFaceModel, build_losses
 
-    cfg = build(TrainConfig, {"dsa_p": 0.001 if not quick else 0.1, "embedding_dim": 512})
+    cfg = build(
+        TrainConfig, {"dsa_p": 0.001 if not quick else 0.1, "embedding_dim": 512, "backbone": backbone}
+    )
     torch.manual_seed(0)
     chief, aux = build_losses(cfg, identities, sequences, 512)
     cuda = device.startswith("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
     model = SeqFaceModel(
-        create_backbone("resnet27"),
+        create_backbone(backbone, input_size=size, dim=512),
         chief,
         aux,
         cfg.aux_normalise,
@@ -203,7 +207,7 @@ def _step_rate(device: str, quick: bool, amp: str, sizes: dict[str, int], steps:
 
     cfg, model, opt, scaler, labels = _train_setup(device, quick, amp, **sizes)
     batch = sizes["batch"]
-    x = torch.randn(batch, 3, 128, 128, device=device)
+    x = torch.randn(batch, 3, sizes["size"], sizes["size"], device=device)
     if device.startswith("cuda"):
         x = x.contiguous(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats()
@@ -258,10 +262,10 @@ def _loader_rate(device: str, quick: bool, sizes: dict[str, int], steps: int, wo
     seq_lab = np.arange(n_img - n_img // 2) % sizes["sequences"]
     ids = LabelledImages(imgs.slice(0, n_img // 2), ids_lab, [str(i) for i in range(sizes["identities"])])
     seqs = LabelledImages(imgs.slice(n_img // 2), seq_lab, [str(i) for i in range(sizes["sequences"])])
-    dataset = FaceImages(ids, seqs, 144, 128)
+    dataset = FaceImages(ids, seqs, sizes["size"] + 16, sizes["size"])
     sampler = MixedBatchSampler(len(ids), len(seqs), batch, 0.5, seed=0)
     cuda = device.startswith("cuda")
-    warmup, seen, t0 = 3, 0, 0.0
+    warmup, seen, t0 = (1 if quick else 3), 0, 0.0
     for i, (images, labels) in enumerate(make_loader(dataset, sampler, workers, cuda)):
         if i == warmup:
             _sync(device)
@@ -282,13 +286,13 @@ def _loader_rate(device: str, quick: bool, sizes: dict[str, int], steps: int, wo
 def check_train(device: str, quick: bool) -> dict[str, Any]:
     """resnet27 SeqFace (LSR + DSA) training throughput under bf16, fp16 and fp32, and with the loader."""
     cuda = device.startswith("cuda")
-    sizes = (
-        {"identities": 80_000, "sequences": 550_000, "batch": 256}
+    sizes: dict[str, Any] = (
+        {"identities": 80_000, "sequences": 550_000, "batch": 256, "backbone": "resnet27", "size": 128}
         if not quick
-        else {"identities": 50, "sequences": 50, "batch": 4}
+        else {"identities": 50, "sequences": 50, "batch": 8, "backbone": "tiny", "size": 32}
     )
-    steps, warmup = (30, 5) if not quick else (1, 1)
-    out: dict[str, Any] = {"backbone": "resnet27", "input": "128x128", **sizes, "channels_last": cuda}
+    steps, warmup = (30, 5) if not quick else (2, 1)
+    out: dict[str, Any] = {**sizes, "channels_last": cuda}
     modes = ["bf16", "fp16", "fp32"] if cuda else ["fp32"]
     for amp in modes:
         out[amp] = _step_rate(device, quick, amp, sizes, steps, warmup)
@@ -393,7 +397,8 @@ def _summary(result: dict[str, Any]) -> str:
         parts = [f"{m} {tr[m]['images_per_s']}" for m in ("bf16", "fp16", "fp32") if m in tr]
         loader = tr.get("bf16_with_loader") or tr.get("fp32_with_loader")
         lines.append(
-            f"train resnet27 batch {tr['batch']} (images/s): {', '.join(parts)}; with the JPEG loader "
+            f"train {tr['backbone']} {tr['size']}x{tr['size']} batch {tr['batch']} (images/s): "
+            f"{', '.join(parts)}; with the JPEG loader "
             f"({loader['workers']} workers) {loader['images_per_s']}"
         )
     else:

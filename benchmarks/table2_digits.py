@@ -165,7 +165,7 @@ def main() -> None:
     )
     ap.add_argument("--json", default="")
     ap.add_argument("--extra", action="store_true", help="also the rows that are not in the paper's table")
-    ap.add_argument("--only", default="", help="only the rows whose name contains this text")
+    ap.add_argument("--only", default="", help="only the rows whose name contains this text (a|b: either)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     overrides = {}
@@ -185,7 +185,8 @@ def main() -> None:
     )
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    rows = [r for r in ROWS + (EXTRA_ROWS if args.extra else []) if args.only in r[0]]
+    wanted = args.only.split("|")
+    rows = [r for r in ROWS + (EXTRA_ROWS if args.extra else []) if any(w in r[0] for w in wanted)]
     results: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in rows}
     for seed in range(args.seeds):
         data = split(seed)

@@ -390,9 +390,9 @@ class DSALoss(CentreLossBase):
       the hinge never clips (every pair active): DSA is then a pull plus a linear push from the mean
       sampled centre, close to centre loss;
     - raw fc5 features (the paper, section 4.1.1): the loss's magnitude follows the features' norm,
-      which the backbone sets (about 3 for an MLP, 30-140 for resnet27 at initialisation); on resnet27
-      the auxiliary loss was 3-10x the chief loss for the first steps and the step was all clipping,
-      and without a gradient clip raw features diverged within 6 steps at lr 0.1;
+      which the backbone sets (2-3 for the digits MLP, 30-140 for resnet27 early on); on resnet27 the
+      auxiliary loss was 1-14 times the chief loss over the first 15 steps, so the clipped step mostly
+      served DSA, and on digits raw features diverged within 6 steps at lr 0.1 without a gradient clip;
     - features normalised then scaled to norm s (the default, s = 4): bounded distances whatever the
       backbone, and beta = 1 becomes a margin on the sphere of radius s. With trained centres near the
       sphere and other classes about orthogonal (d_n ~ s^2 / 2 = 8), the hinge switches off once

@@ -28,7 +28,8 @@ def test_gpu_check_quick_on_cpu_writes_its_figures(tmp_path):
         assert "not found" in ingest["skipped"]
     else:
         assert 2.5 <= ingest["video_seconds"] <= 3.5 and ingest["frames"] > 0
-        assert ingest["realtime_factor"] == round(ingest["video_seconds"] / ingest["wall_seconds"], 3)
+        rtf = ingest["video_seconds"] / ingest["wall_seconds"]  # both rounded in the file
+        assert ingest["realtime_factor"] > 0 and abs(ingest["realtime_factor"] - rtf) <= 0.01 * rtf
         assert ingest["faces"] > 0  # the first seconds of the broadcast show a face
     embed = r["embed"]
     assert embed["faces"] == 4 and embed["precision"] == "fp32" and embed["faces_per_s"] > 0

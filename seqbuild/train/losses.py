@@ -391,7 +391,7 @@ class DSALoss(CentreLossBase):
       sampled centre, close to centre loss;
     - raw fc5 features (the paper, section 4.1.1): the loss's magnitude follows the features' norm,
       which the backbone sets (2-3 for the digits MLP, 30-140 for resnet27 early on); on resnet27 the
-      auxiliary loss was 1-14 times the chief loss over the first 15 steps, so the clipped step mostly
+      auxiliary loss was 0.7-15 times the chief loss over the first 15 steps, so the clipped step mostly
       served DSA, and on digits raw features diverged within 6 steps at lr 0.1 without a gradient clip;
     - features normalised then scaled to norm s (the default, s = 4): bounded distances whatever the
       backbone, and beta = 1 becomes a margin on the sphere of radius s. With trained centres near the

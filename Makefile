@@ -10,7 +10,7 @@ MEDIA ?= ../shared/media
 GALLERY ?= $(MEDIA)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e clean-venv
+.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e bench-table2 gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -72,6 +72,16 @@ bench-train: setup
 
 bench-e2e: setup
 	$(PY) -m benchmarks.bench_e2e
+
+# SeqFace's Table 2 on scikit-learn's digits, 5 seeds (CPU, a few minutes).
+bench-table2: setup
+	$(PY) -m benchmarks.table2_digits --seeds 5
+
+# One-GPU speed check (ingest, embed, training, FAISS); figures in runs/gpu_check/. DEVICE=cpu QUICK=--quick for CI size.
+DEVICE ?= cuda
+QUICK ?=
+gpu-check: setup
+	PYTHON=$(PY) benchmarks/gpu_check.sh --device $(DEVICE) $(QUICK) --media $(MEDIA) --out runs/gpu_check
 
 clean-venv:
 	rm -rf $(VENV)

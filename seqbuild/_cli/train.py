@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -23,7 +24,11 @@ from .common import config_options, flags_layer, handle_errors, load_config, log
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
 @click.option("--batch-size", type=int, default=None, help="Images per batch.")
 @click.option("--lr", type=float, default=None, help="Learning rate.")
-@click.option("--init", default=None, help="Checkpoint whose backbone starts this run (fine-tuning).")
+@click.option(
+    "--init",
+    default=None,
+    help="Checkpoint that starts this run (backbone; head too for the same identities).",
+)
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--workers", type=int, default=None, help="Data-loader worker processes.")
 @click.option(
@@ -43,8 +48,9 @@ def train(config_path, sets, log_level, sequences, no_progress, **flags) -> None
     cfg = pipeline["train"]
     start_logging(log_level, None)
     summary = run_train(cfg, progress=not no_progress)
-    save_config(pipeline, Path(cfg.out) / "config.toml")
-    click.echo(json.dumps(summary, indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one config and one summary
+        save_config(pipeline, Path(cfg.out) / "config.toml")
+        click.echo(json.dumps(summary, indent=1))
 
 
 @click.command("eval")

@@ -45,6 +45,12 @@ FIT_METHODS = ("robust", "moments")
 ArrayLike = float | Sequence[float] | np.ndarray
 
 
+def _scores(x: ArrayLike) -> np.ndarray:
+    """A flat float array without copying float32 input (impostor samples run to millions of scores)."""
+    a = np.asarray(x)
+    return (a if a.dtype.kind == "f" else a.astype(np.float64)).ravel()
+
+
 def _ndtr_sf(z: np.ndarray) -> np.ndarray:
     from scipy.special import ndtr
 
@@ -87,7 +93,7 @@ class ImpostorFit:
 def fit_impostor(scores: ArrayLike, method: str = "robust") -> ImpostorFit:
     """Normal fit of non-mated scores: ``robust`` = median and 1.4826 MAD (the bulk; a few mated scores
     among them do not move it), ``moments`` = mean and standard deviation."""
-    s = np.asarray(scores, np.float64).ravel()
+    s = _scores(scores)
     s = s[np.isfinite(s)]
     if len(s) < 2:
         raise InputError(f"an impostor fit needs at least 2 finite scores, got {len(s)}")
@@ -111,7 +117,7 @@ def tail_check(
 ) -> list[dict[str, float]]:
     """Observed vs modelled FAR at the scores' upper quantiles (those with at least ``min_count`` scores
     above them): ratio > 1 means the real tail is heavier than the fit, so modelled FPIRs are optimistic."""
-    s = np.sort(np.asarray(scores, np.float64).ravel())
+    s = np.sort(_scores(scores))
     out = []
     for q in quantiles:
         if len(s) * (1 - q) < min_count:
@@ -167,7 +173,7 @@ def threshold_for_fpir(fit: ImpostorFit, fpir: ArrayLike, gallery_size: ArrayLik
 
 def empirical_far(scores: ArrayLike, threshold: ArrayLike, presorted: bool = False) -> np.ndarray:
     """Share of ``scores`` at or above each threshold."""
-    s = np.asarray(scores, np.float64).ravel()
+    s = _scores(scores)
     if not presorted:
         s = np.sort(s)
     t = np.asarray(threshold, np.float64)

@@ -194,8 +194,13 @@ def scale_part(out: Path, n: int, memories: list[float], threshold: float) -> di
     result["threshold"] = threshold
     result["fpir_measured"] = r["open_set"]["fpir_at_threshold"]
     result["fpir_exact"] = exact_fpir(threshold, sizes)
-    result["fpir_normal_model"] = [r["open_set"]["model_fpir_at_threshold"][str(s)] for s in sizes]
-    result["impostor_fit"] = r["open_set"]["impostor_fit"]
+    models = r["open_set"]["models"]
+    for method, model in models.items():
+        if "fpir_at_threshold" in model:
+            result[f"fpir_{method}_model"] = [model["fpir_at_threshold"][str(s)] for s in sizes]
+    result["impostor_models"] = {
+        m: {k: v[k] for k in ("fit", "tail_check") if k in v} for m, v in models.items()
+    }
     result["tar_at_far"] = {k: v["tar"] for k, v in r["verification"]["tar_at_far"].items()}
     result["machine_after"] = machine()
     return result
@@ -335,11 +340,9 @@ def real_part(out: Path, faces_cache: Path | None) -> dict:
             "fpir_at_threshold": o.get("fpir_at_threshold"),
             "fnir_at_threshold": o.get("fnir_at_threshold"),
             "fnir_at_fpir": o["fnir_at_fpir"],
-            "impostor_fit": o["impostor_fit"],
-            "tail_check": o["impostor_tail_check"],
-            "model_far_at_threshold": o.get("model_far_at_threshold"),
-            "model_fpir_at_threshold": o.get("model_fpir_at_threshold"),
-            "model_threshold_for_fpir": o["model_threshold_for_fpir"],
+            "far_at_threshold": o.get("far_at_threshold"),
+            "independent_fpir_at_threshold": o.get("independent_fpir_at_threshold"),
+            "models": o["models"],
             "verification": r["verification"],
         }
     )

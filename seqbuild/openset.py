@@ -40,7 +40,10 @@ distractor tied with the mate counts against it: the system cannot tell them apa
 MAD_TO_SD = 1.482602218505602
 """Standard deviation of a normal distribution per unit of median absolute deviation."""
 
-FIT_METHODS = ("robust", "moments")
+FIT_METHODS = ("robust", "moments", "tail")
+TAIL_SHARE = 0.01
+"""Share of the highest impostor scores a ``tail`` fit models with a generalised Pareto distribution."""
+MIN_TAIL_SCORES = 50
 
 ArrayLike = float | Sequence[float] | np.ndarray
 
@@ -68,36 +71,70 @@ def _ndtr_isf(p: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImpostorFit:
-    """A normal model of non-mated scores: FAR(T) = P(score >= T)."""
+    """A model of non-mated scores, FAR(T) = P(score >= T): a normal distribution (``loc``, ``scale``) and,
+    for ``method = "tail"``, a generalised Pareto tail above ``tail_threshold`` (the scores' upper
+    ``tail_share`` quantile) with shape ``tail_shape`` and scale ``tail_scale``."""
 
     loc: float
     scale: float
     n: int
     method: str = "robust"
+    tail_threshold: float | None = None
+    tail_share: float | None = None
+    tail_shape: float | None = None
+    tail_scale: float | None = None
+
+    def _normal_far(self, t: np.ndarray) -> np.ndarray:
+        return _ndtr_sf((t - self.loc) / self.scale)
 
     def far(self, threshold: ArrayLike) -> np.ndarray:
         """Modelled share of single non-mated comparisons scoring >= ``threshold``."""
-        z = (np.asarray(threshold, np.float64) - self.loc) / self.scale
-        return _ndtr_sf(z)
+        t = np.asarray(threshold, np.float64)
+        normal = self._normal_far(t)
+        if self.tail_threshold is None:
+            return normal
+        u, p_u, xi, beta = self.tail_threshold, self.tail_share, self.tail_shape, self.tail_scale
+        y = np.maximum(t - u, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if abs(xi) < 1e-9:
+                tail = p_u * np.exp(-y / beta)
+            else:
+                base = 1 + xi * y / beta
+                tail = np.where(base > 0, p_u * np.power(np.maximum(base, 1e-300), -1 / xi), 0.0)
+        return np.where(t >= u, tail, np.maximum(normal, p_u))
 
     def threshold_at_far(self, far: ArrayLike) -> np.ndarray:
         """The threshold whose modelled FAR is ``far``."""
         p = np.clip(np.asarray(far, np.float64), 0.0, 1.0)
-        return self.loc + self.scale * _ndtr_isf(p)
+        normal = self.loc + self.scale * _ndtr_isf(p)
+        if self.tail_threshold is None:
+            return normal
+        u, p_u, xi, beta = self.tail_threshold, self.tail_share, self.tail_shape, self.tail_scale
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ratio = p / p_u
+            if abs(xi) < 1e-9:
+                tail = u - beta * np.log(ratio)
+            else:
+                tail = u + beta / xi * (np.power(ratio, -xi) - 1)
+        return np.where(p < p_u, tail, np.minimum(normal, u))
 
-    def to_dict(self) -> dict[str, float | int | str]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         """Plain values for JSON reports."""
         return asdict(self)
 
 
-def fit_impostor(scores: ArrayLike, method: str = "robust") -> ImpostorFit:
-    """Normal fit of non-mated scores: ``robust`` = median and 1.4826 MAD (the bulk; a few mated scores
-    among them do not move it), ``moments`` = mean and standard deviation."""
+def fit_impostor(scores: ArrayLike, method: str = "robust", tail_share: float = TAIL_SHARE) -> ImpostorFit:
+    """Fit non-mated scores. ``robust``: normal with median and 1.4826 MAD (the bulk: a few mated scores
+    among them do not move it); ``moments``: normal with mean and standard deviation; ``tail``: the robust
+    normal plus a generalised Pareto distribution fitted (by moments) to the scores above their upper
+    ``tail_share`` quantile, no lighter than exponential, for score distributions whose tail is heavier
+    than the bulk's normal (FaceNet on real faces: docs/benchmarks.md). A tail fit sees the top scores, so mated scores must not be among
+    them (pass impostor scores only, e.g. without each search's best candidate)."""
     s = _scores(scores)
     s = s[np.isfinite(s)]
     if len(s) < 2:
         raise InputError(f"an impostor fit needs at least 2 finite scores, got {len(s)}")
-    if method == "robust":
+    if method in ("robust", "tail"):
         loc = float(np.median(s))
         scale = MAD_TO_SD * float(np.median(np.abs(s - loc)))
     elif method == "moments":
@@ -106,7 +143,32 @@ def fit_impostor(scores: ArrayLike, method: str = "robust") -> ImpostorFit:
         raise InputError(f"impostor fit method {method!r}: expected one of {', '.join(FIT_METHODS)}")
     if not scale > 0:
         raise InputError(f"impostor scores have no spread ({len(s)} scores around {loc:.4f}): cannot fit")
-    return ImpostorFit(loc, scale, int(len(s)), method)
+    if method != "tail":
+        return ImpostorFit(loc, scale, int(len(s)), method)
+    if not 0 < tail_share < 0.5:
+        raise InputError(f"tail share must lie between 0 and 0.5, got {tail_share}")
+    exceed_count = int(np.floor(tail_share * len(s)))
+    if exceed_count < MIN_TAIL_SCORES:
+        raise InputError(
+            f"a tail fit needs at least {MIN_TAIL_SCORES} scores in its top {tail_share:g} share "
+            f"({int(np.ceil(MIN_TAIL_SCORES / tail_share))} scores); got {len(s)}"
+        )
+    top = np.partition(s, len(s) - exceed_count - 1)[len(s) - exceed_count - 1 :].astype(np.float64)
+    u = float(top.min())
+    y = top[top > u] - u
+    mean, var = float(np.mean(y)), float(np.var(y, ddof=1))
+    if not (mean > 0 and var > 0):
+        raise InputError(f"the top {tail_share:g} of the impostor scores have no spread: cannot fit a tail")
+    # Method-of-moments estimates; a negative shape (a tail with an end point) is clipped to 0, the
+    # exponential tail: fitted to a few hundred scores, an end point would declare every score above it
+    # impossible (on real FaceNet scores it fell below the sample's own maximum).
+    ratio = mean * mean / var
+    xi = 0.5 * (1 - ratio)
+    if xi <= 0:
+        xi, beta = 0.0, mean
+    else:
+        beta = 0.5 * mean * (ratio + 1)
+    return ImpostorFit(loc, scale, int(len(s)), method, u, len(y) / len(s), xi, beta)
 
 
 def tail_check(
@@ -166,6 +228,20 @@ def model_fpir(fit: ImpostorFit, threshold: ArrayLike, gallery_size: ArrayLike) 
 def threshold_for_fpir(fit: ImpostorFit, fpir: ArrayLike, gallery_size: ArrayLike) -> np.ndarray:
     """The threshold whose modelled FPIR against ``gallery_size`` entries is ``fpir``."""
     return fit.threshold_at_far(far_for_fpir(fpir, gallery_size))
+
+
+def probewise_fpir(impostor_scores: np.ndarray, threshold: float, gallery_size: ArrayLike) -> np.ndarray:
+    """FPIR against ``gallery_size`` entries from each probe's own FAR: the mean over probes (rows of
+    ``impostor_scores``, one probe's scores against a cohort each) of 1 - (1 - FAR_probe)^N. Probes differ
+    (a few resemble many people), and this keeps that: the pooled formula spreads their false matches
+    over every probe. It is bounded by the share of probes with any cohort score >= threshold, so the
+    cohort must be large enough to see each probe's FAR."""
+    s = np.asarray(impostor_scores)
+    if s.ndim != 2 or s.shape[1] == 0:
+        raise InputError(f"probe-wise FPIR needs a (probes, cohort) score matrix, got shape {s.shape}")
+    far = np.mean(s >= threshold, axis=1)
+    n = np.asarray(gallery_size, np.float64)
+    return np.mean(fpir_from_far(far[:, None], n.reshape(1, -1)), axis=0).reshape(n.shape)
 
 
 # --------------------------------------------------------------------------- empirical rates

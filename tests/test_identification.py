@@ -189,11 +189,21 @@ def test_verification_and_impostor_fit_come_from_the_distractor_sample(synthetic
     assert v["genuine_pairs"] == sum(n * (n - 1) // 2 for n in counts)
     assert v["impostor_pairs"] == sum(counts) * 2500  # the default sample covers the whole set here
     assert v["tar_at_far"]["0.001"]["resolved"] and not v["tar_at_far"]["1e-06"]["resolved"]
-    fit = r["open_set"]["impostor_fit"]
+    models = r["open_set"]["models"]
+    fit = models["robust"]["fit"]
     p, dist = unit(synthetic["probes"]), unit(synthetic["distractors"])
-    assert fit["loc"] == pytest.approx(np.median(p @ dist.T), abs=1e-6)
-    model = r["open_set"]["model_fpir_at_threshold"]
-    assert model["10"] < model["100"] < model["5749"] <= model["1000000"]
+    scores = p @ dist.T
+    assert fit["loc"] == pytest.approx(np.median(scores), abs=1e-6)
+    assert r["open_set"]["far_at_threshold"] == pytest.approx(np.mean(scores >= 0.5))
+    assert models["tail"]["fit"]["tail_threshold"] == pytest.approx(np.quantile(scores, 0.99), abs=1e-3)
+    pooled, probewise = (
+        r["open_set"]["independent_fpir_at_threshold"],
+        r["open_set"]["probewise_fpir_at_threshold"],
+    )
+    for model in (models["robust"]["fpir_at_threshold"], pooled, probewise):
+        assert model["10"] < model["100"] < model["5749"] <= model["1000000"]
+    # 1 - (1 - FAR)^N is concave in FAR: spreading the same false matches over every probe can only raise it
+    assert all(probewise[n] <= pooled[n] + 1e-12 for n in pooled)
 
 
 def test_every_feature_format_gives_the_same_result(synthetic, tmp_path):

@@ -144,3 +144,36 @@ def test_tail_check_flags_a_tail_heavier_than_the_fit():
     assert [round(c["quantile"], 4) for c in ok] == [0.99, 0.999, 0.9999]
     assert all(0.7 < c["ratio"] < 1.4 for c in ok)
     assert bad[-1]["ratio"] > 3
+
+
+def test_tail_fit_follows_a_heavy_tail_and_is_never_lighter_than_exponential():
+    rng = np.random.default_rng(6)
+    heavy = 0.1 + 0.1 * rng.standard_t(3, 200000)
+    fit = openset.fit_impostor(heavy, "tail")
+    assert fit.tail_threshold == pytest.approx(np.quantile(heavy, 0.99), abs=1e-3) and fit.tail_shape > 0.1
+    assert all(0.7 < c["ratio"] < 1.5 for c in openset.tail_check(fit, heavy)[:2])
+    t = fit.threshold_at_far([0.5, 0.05, 0.01, 1e-3, 1e-6])
+    assert np.allclose(fit.far(t), [0.5, 0.05, 0.01, 1e-3, 1e-6]) and np.all(np.diff(t) > 0)
+    grid = np.linspace(-0.5, 3, 2000)
+    assert np.all(np.diff(fit.far(grid)) <= 1e-15)  # FAR never rises with the threshold, across the join
+    # a normal sample's tail is lighter than exponential: the shape is clipped to 0 (exponential), so the
+    # model errs on the side of more false matches, never fewer
+    normal = rng.normal(0.1, 0.1, 200000)
+    light = openset.fit_impostor(normal, "tail")
+    assert light.tail_shape == 0
+    assert all(c["ratio"] <= 1.05 for c in openset.tail_check(light, normal))
+    assert light.far(0.6) > openset.fit_impostor(normal).far(0.6)
+    with pytest.raises(InputError, match="tail fit needs"):
+        openset.fit_impostor(normal[:1000], "tail")
+
+
+def test_probewise_fpir_keeps_the_probes_that_resemble_many_people_apart():
+    # 10 probes: one scores >= 0.5 against half the cohort, the others never do
+    scores = np.zeros((10, 1000))
+    scores[0, :500] = 0.9
+    pooled = openset.fpir_from_far(np.mean(scores >= 0.5), 100)
+    probewise = openset.probewise_fpir(scores, 0.5, [1, 100])
+    assert probewise[0] == pytest.approx(0.05) and probewise[1] == pytest.approx(0.1)
+    assert pooled > 0.99  # the pooled FAR (5 %) spread over every probe: nearly everyone matched
+    with pytest.raises(InputError):
+        openset.probewise_fpir(np.zeros(5), 0.5, 10)

@@ -215,12 +215,18 @@ def identification_summary(result: dict) -> list[str]:
         if v["resolved"]
     )
     lines.append(f"  verification: {tars}")
-    if "model_fpir_at_threshold" in o:
-        m = o["model_fpir_at_threshold"]
-        lines.append(
-            f"  modelled FPIR at {o['threshold']:.3g}: "
-            + "  ".join(f"N={int(n):,} {m[str(n)]:.4g}" for n in (100, 5749, 85742, 1000000) if str(n) in m)
-        )
+    if "threshold" in o:
+        shown = [n for n in ("100", "5749", "85742", "1000000") if n in o["independent_fpir_at_threshold"]]
+        models = {
+            "measured FAR, pooled": o["independent_fpir_at_threshold"],
+            "measured FAR, per probe": o["probewise_fpir_at_threshold"],
+        }
+        models.update({m: v["fpir_at_threshold"] for m, v in o["models"].items() if "fpir_at_threshold" in v})
+        for name, fpir in models.items():
+            lines.append(
+                f"  FPIR at {o['threshold']:.3g} for larger galleries ({name}): "
+                + "  ".join(f"N={int(n):,} {fpir[n]:.4g}" for n in shown)
+            )
     return lines
 
 

@@ -101,11 +101,23 @@ def plot_fpir_vs_size(result: dict[str, Any], path: str | os.PathLike[str]) -> P
     from .. import openset
 
     plt = _pyplot()
-    fit = openset.ImpostorFit(**open_set["impostor_fit"])
     t = open_set["threshold"]
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     n = np.logspace(0, max(6.0, np.log10(max(result["sizes"])) + 0.5), 200)
-    ax.plot(n, openset.model_fpir(fit, t, n), color=BLUE, label=f"modelled, FAR(T) = {float(fit.far(t)):.2g}")
+    far = open_set["far_at_threshold"]
+    ax.plot(n, openset.fpir_from_far(far, n), color=GREY, label=f"measured FAR {far:.2g}, pooled")
+    if "probewise_fpir_at_threshold" in open_set:
+        pw = open_set["probewise_fpir_at_threshold"]
+        ns = sorted(int(k) for k in pw)
+        ax.plot(ns, [pw[str(k)] for k in ns], color=GREY, ls="--", label="measured FAR, per probe")
+    styles = {"robust": (BLUE, "-"), "tail": (BLUE, "--"), "moments": (BLUE, ":")}
+    for method, model in open_set["models"].items():
+        if "fit" not in model:
+            continue
+        fit = openset.ImpostorFit(**model["fit"])
+        colour, ls = styles.get(method, (BLUE, "-."))
+        label = f"{method} fit, FAR {float(fit.far(t)):.2g}"
+        ax.plot(n, openset.model_fpir(fit, t, n), color=colour, ls=ls, label=label)
     ax.plot(result["sizes"], open_set["fpir_at_threshold"], "o", color=ORANGE, ms=4, label="measured")
     for name, size in (("LFW", 5_749), ("MS1M-v2", 85_742)):
         ax.axvline(size, color=GREY, lw=0.8, ls="--")

@@ -67,7 +67,8 @@ class IdentificationConfig:
     """Bound on the streamed distractor buffers (the probe-side arrays come on top)."""
     impostor_scores: int = 5_000_000
     """Probe-vs-distractor scores kept whole for verification and the impostor fit."""
-    fit_method: str = "robust"
+    fit_methods: list[str] = field(default_factory=lambda: ["robust", "tail"])
+    """Impostor-score models reported (seqbuild.openset.fit_impostor methods)."""
     seed: int = 0
     use_gpu: bool | None = None
     det_points: int = 200
@@ -84,10 +85,9 @@ class IdentificationConfig:
             raise InputError("FPIR and FAR levels must lie strictly between 0 and 1")
         if self.memory_mb <= 0:
             raise InputError(f"--memory-mb must be positive, got {self.memory_mb}")
-        if self.fit_method not in openset.FIT_METHODS:
-            raise InputError(
-                f"fit method {self.fit_method!r}: expected one of {', '.join(openset.FIT_METHODS)}"
-            )
+        for method in self.fit_methods:
+            if method not in openset.FIT_METHODS:
+                raise InputError(f"fit method {method!r}: expected one of {', '.join(openset.FIT_METHODS)}")
 
 
 def distractor_sizes(requested: list[int], count: int) -> list[int]:
@@ -227,14 +227,7 @@ def identification_figures(
         "rank1": [float(np.mean(ranks[j] <= 1)) for j in range(len(sizes))],
         "cmc": {str(r): [float(np.mean(ranks[j] <= r)) for j in range(len(sizes))] for r in cfg.ranks},
     }
-    fit = openset.fit_impostor(scores.impostor_sample, cfg.fit_method)
-    open_set: dict[str, Any] = {
-        "rank": 1,
-        "impostor_fit": fit.to_dict(),
-        "impostor_tail_check": openset.tail_check(fit, scores.impostor_sample),
-        "fnir_at_fpir": {},
-        "det": [],
-    }
+    open_set: dict[str, Any] = {"rank": 1, "fnir_at_fpir": {}, "det": []}
     for f in cfg.fpir_levels:
         rows = []
         for j in range(len(sizes)):
@@ -245,6 +238,7 @@ def identification_figures(
         det = openset.det_curve(mated.scores, ranks[j], nonmated_top[j], max_points=cfg.det_points)
         open_set["det"].append({"size": int(sizes[j]), **det.to_dict()})
     model_sizes = sorted(set(openset_model_sizes(sizes)))
+    impostors = scores.impostor_sample
     if threshold is not None:
         open_set["threshold"] = float(threshold)
         open_set["fpir_at_threshold"] = [
@@ -253,18 +247,41 @@ def identification_figures(
         open_set["fnir_at_threshold"] = [
             float(openset.open_set_fnir(mated.scores, ranks[j], threshold)) for j in range(len(sizes))
         ]
-        open_set["model_fpir_at_threshold"] = {
-            str(n): float(openset.model_fpir(fit, threshold, n)) for n in model_sizes
+        far = float(openset.empirical_far(impostors, threshold))
+        open_set["far_at_threshold"] = far
+        open_set["independent_fpir_at_threshold"] = {
+            str(n): float(openset.fpir_from_far(far, n)) for n in model_sizes
         }
-        open_set["model_far_at_threshold"] = float(fit.far(threshold))
-    open_set["model_threshold_for_fpir"] = {
-        f"{f:g}": {str(n): float(openset.threshold_for_fpir(fit, f, n)) for n in model_sizes}
-        for f in cfg.fpir_levels
+        probewise = openset.probewise_fpir(impostors, threshold, model_sizes)
+        open_set["probewise_fpir_at_threshold"] = {
+            str(n): float(v) for n, v in zip(model_sizes, probewise, strict=True)
+        }
+    open_set["models"] = {
+        m: impostor_model(impostors, m, threshold, model_sizes, cfg.fpir_levels) for m in cfg.fit_methods
     }
     out["open_set"] = open_set
     out["verification"] = verification_figures(
         genuine_pair_scores(probes.vectors, groups), scores.impostor_sample, cfg.far_levels
     )
+    return out
+
+
+def impostor_model(
+    impostors: np.ndarray, method: str, threshold: float | None, sizes: list[int], fpir_levels: list[float]
+) -> dict[str, Any]:
+    """One fit of the impostor sample: its parameters, tail check, modelled FPIR at ``threshold`` for each
+    gallery size, and the threshold for each FPIR level at each size."""
+    try:
+        fit = openset.fit_impostor(impostors, method)
+    except InputError as exc:
+        return {"error": str(exc)}
+    out: dict[str, Any] = {"fit": fit.to_dict(), "tail_check": openset.tail_check(fit, impostors)}
+    if threshold is not None:
+        out["far_at_threshold"] = float(fit.far(threshold))
+        out["fpir_at_threshold"] = {str(n): float(openset.model_fpir(fit, threshold, n)) for n in sizes}
+    out["threshold_for_fpir"] = {
+        f"{f:g}": {str(n): float(openset.threshold_for_fpir(fit, f, n)) for n in sizes} for f in fpir_levels
+    }
     return out
 
 

@@ -62,11 +62,14 @@ class FeatureSet:
         return len(self.vectors)
 
 
-def normalise_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length as contiguous float32 (all-zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+def normalise_rows(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Rows scaled to unit length as contiguous float32 (all-zero rows stay zero); ``inplace`` reuses a
+    float32 ``x`` instead of copying it (no full-size temporary either way: norms come from einsum)."""
+    x = np.asarray(x, dtype=np.float32) if inplace else np.array(x, dtype=np.float32)
+    x = np.ascontiguousarray(x)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x /= np.maximum(norms, 1e-12)[:, None]
+    return x
 
 
 # --------------------------------------------------------------------------- kinds

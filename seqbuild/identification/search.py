@@ -52,9 +52,9 @@ def subset_levels(count: int, sizes: list[int], seed: int = 0) -> tuple[np.ndarr
 def batch_rows_for(memory_mb: float, dim: int) -> int:
     """Distractor rows per batch so that the batch buffers stay within ``memory_mb``.
 
-    Per row: the read buffer, its level-sorted copy and the normalised copy FAISS reads (3 x dim float32);
-    FAISS's own blocks (a few tens of MB) and the probe-side arrays come on top."""
-    per_row = 3 * 4 * int(dim)
+    Per row: the read buffer and its level-sorted, normalised copy (2 x dim float32); FAISS's own blocks
+    (a few tens of MB) and the probe-side arrays come on top."""
+    per_row = 2 * 4 * int(dim)
     return int(max(256, memory_mb * 2**20 // per_row))
 
 
@@ -131,7 +131,7 @@ def search_distractors(
         if used.any():
             idx = np.flatnonzero(used)
             idx = idx[np.argsort(lv[idx], kind="stable")]
-            grouped = normalise_rows(block[idx])
+            grouped = normalise_rows(block[idx], inplace=True)  # block[idx] is already a copy
             bounds = np.searchsorted(lv[idx], np.arange(len(sizes) + 1))
             for j in range(len(sizes)):
                 lo, hi = bounds[j], bounds[j + 1]

@@ -140,6 +140,7 @@ def search_distractors(
             in_sample = pos[idx] < sample
             if in_sample.any():
                 impostors[:, pos[idx][in_sample]] = probes @ grouped[in_sample].T
+            del grouped  # else it would still be alive while the next batch's copy is made
         start += n
         bar.update(n)
     bar.close()

@@ -342,6 +342,7 @@ def real_part(out: Path, faces_cache: Path | None) -> dict:
             "fnir_at_fpir": o["fnir_at_fpir"],
             "far_at_threshold": o.get("far_at_threshold"),
             "independent_fpir_at_threshold": o.get("independent_fpir_at_threshold"),
+            "probewise_fpir_at_threshold": o.get("probewise_fpir_at_threshold"),
             "models": o["models"],
             "verification": r["verification"],
         }

@@ -439,7 +439,7 @@ def evaluate_identification(
         threshold = cfg.threshold if cfg.threshold is not None else default_threshold(model, inputs._embedder)
         result = identification_figures(probe_set, scores, cfg, threshold)
     result["model"] = probe_info.get("model") or distractor_info.get("model") or model_label(model, weights)
-    result["probes"].update({k: v for k, v in probe_info.items() if k != "source"})
+    result["probes"].update(probe_info)  # the source as given; "features" where images were embedded
     result["distractors"] = {
         **distractor_info,
         "count": int(distractor_source.count),

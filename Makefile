@@ -10,7 +10,7 @@ MEDIA ?= ../shared/media
 GALLERY ?= $(MEDIA)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-train bench-e2e clean-venv
+.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e bench-table2 gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -53,7 +53,7 @@ train-demo: demo
 	$(VENV)/bin/seqbuild train --config pipelines/train-demo.toml --identities runs/demo-identities \
 		--sequences $(RUN)/dataset --out runs/train-demo
 
-bench: bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-train bench-e2e
+bench: bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e
 
 bench-ingest: setup
 	$(PY) -m benchmarks.bench_ingest
@@ -72,11 +72,25 @@ bench-embed: setup
 bench-overlap: setup
 	$(PY) -m benchmarks.bench_overlap
 
+# 1M x 512 synthetic distractor features (2 GB, kept in runs/bench-identification) and FaceNet on MEDIA.
+bench-identification: setup
+	SEQBUILD_MEDIA=$(MEDIA) $(PY) -m benchmarks.bench_identification
+
 bench-train: setup
 	$(PY) -m benchmarks.bench_train
 
 bench-e2e: setup
 	$(PY) -m benchmarks.bench_e2e
+
+# SeqFace's Table 2 on scikit-learn's digits, 5 seeds (CPU, a few minutes).
+bench-table2: setup
+	$(PY) -m benchmarks.table2_digits --seeds 5
+
+# One-GPU speed check (ingest, embed, training, FAISS); figures in runs/gpu_check/. DEVICE=cpu QUICK=--quick for CI size.
+DEVICE ?= cuda
+QUICK ?=
+gpu-check: setup
+	PYTHON=$(PY) benchmarks/gpu_check.sh --device $(DEVICE) $(QUICK) --media $(MEDIA) --out runs/gpu_check
 
 clean-venv:
 	rm -rf $(VENV)

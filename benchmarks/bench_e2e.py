@@ -30,25 +30,23 @@ CHILD = """
 import json, resource, sys, time
 from seqbuild.logs import setup_logging
 from seqbuild.pipeline.loading import load_pipeline
-from seqbuild.pipeline.run import run_pipeline, STAGE_ENTRY, stage_function
+from seqbuild.pipeline.run import run_pipeline
 import seqbuild.pipeline.run as runner
 
 run, toml, video, gallery = sys.argv[1:5]
 setup_logging("WARNING", f"{run}/logs/seqbuild.log")
 peaks = {}
-original = runner.stage_function
+original = runner.stage_entry
 
 def measured(stage):
     fn = original(stage)
-    if fn is None:
-        return None
     def wrapped(*a, **k):
         out = fn(*a, **k)
         peaks[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
     return wrapped
 
-runner.stage_function = measured
+runner.stage_entry = measured
 sets = [f'ingest.inputs=["{video}"]']
 if gallery:
     sets.append(f'dedup_overlap.galleries=["{gallery}"]')

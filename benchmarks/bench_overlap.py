@@ -298,7 +298,7 @@ def real_check(media: Path, out: Path, sets: list[str] = (), variant: str = "def
         if rem:
             lines = [
                 f"REMOVED {s['seq_id'][-6:]}",
-                rem["detail"].replace("gallery=", "").replace(" identity=", ": "),
+                f"{rem['gallery']}: {rem['identity']}",
                 f"score {rem['value']:.3f} >= {rem['threshold']:.3f}",
                 frames,
             ]
@@ -321,7 +321,13 @@ def real_check(media: Path, out: Path, sets: list[str] = (), variant: str = "def
         "stages": stages,
         "sequences_after_clean": len(seqs),
         "removed": [
-            {"seq_id": k, "detail": v["detail"], "score": round(v["value"], 3), "threshold": v["threshold"]}
+            {
+                "seq_id": k,
+                "gallery": v["gallery"],
+                "identity": v["identity"],
+                "score": round(v["value"], 3),
+                "threshold": v["threshold"],
+            }
             for k, v in sorted(removed.items())
         ],
         "kept": [

@@ -161,7 +161,7 @@ def bench(run: Path, media: Path, work: Path) -> dict:
         for shard in rd.track.done_shards():
             rd.track.clear(shard)
         start = time.perf_counter()
-        summary = run_track(tr_run, TrackConfig(tracker=name), progress=False)
+        summary = run_track(tr_run, TrackConfig(tracker=name), progress=False).to_dict()
         seconds = time.perf_counter() - start
         out = work / f"{name}-export"
         export_stage(rd, "track", out)
@@ -350,7 +350,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                k: {**v, "summary": {**v["summary"], "errors": len(v["summary"]["errors"])}}
+                k: {**v, "summary": {**v["summary"], "failures": len(v["summary"]["failures"])}}
                 for k, v in results.items()
             },
             indent=1,

@@ -2,6 +2,8 @@
 and whether the JPEG data loader keeps up with the step.
 
 Run: ``make bench-train`` (``.venv/bin/python -m benchmarks.bench_train [--iters 3] [--device auto]``).
+``--loss-magnitudes STEPS [--set KEY=VALUE ...]`` prints instead, per step, how large the auxiliary loss
+is against the chief loss (the check behind DSA's default feature space).
 On CUDA the step runs with bf16 autocast and channels_last, as the trainer does.
 """
 
@@ -21,7 +23,7 @@ from seqbuild.imaging import encode_jpeg
 from seqbuild.train.backbones import create_backbone
 from seqbuild.train.config import TrainConfig
 from seqbuild.train.data import FaceImages, LabelledImages, MixedBatchSampler, make_loader
-from seqbuild.train.trainer import build_losses, train_step
+from seqbuild.train.trainer import SeqFaceModel, build_losses, train_step
 
 
 def _load() -> str:
@@ -41,16 +43,18 @@ def step_rate(
     """Images per second of full training steps (forward, losses, backward, SGD, centre update)."""
     torch.manual_seed(0)
     cfg = build(TrainConfig, {"chief_loss": chief, "aux_loss": aux})
-    model = create_backbone("resnet27").to(device)
     chief_m, aux_m = build_losses(cfg, identities, sequences, 512)
-    chief_m.to(device)
-    if aux_m is not None:
-        aux_m.to(device)
-    autocast = None
-    if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    opt = torch.optim.SGD(list(model.parameters()) + list(chief_m.parameters()), lr=0.01, momentum=0.9)
+    cuda = device.startswith("cuda")
+    model = SeqFaceModel(
+        create_backbone("resnet27"),
+        chief_m,
+        aux_m,
+        amp_dtype=torch.bfloat16 if cuda else None,
+        device_type="cuda" if cuda else "cpu",
+    ).to(device)
+    if cuda:
+        model.backbone.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 128, 128, device=device)
     if device.startswith("cuda"):
         x = x.contiguous(memory_format=torch.channels_last)
@@ -60,15 +64,48 @@ def step_rate(
     )
     y = y.to(device)
     for _ in range(warmup):
-        train_step(model, chief_m, aux_m, opt, x, y, 0, autocast)
+        train_step(model, opt, x, y, 0)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(iters):
-        train_step(model, chief_m, aux_m, opt, x, y, i + 1, autocast)
+        train_step(model, opt, x, y, i + 1)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return batch * iters / (time.perf_counter() - t0)
+
+
+def loss_magnitudes(steps: int, device: str, overrides: dict, batch: int = 8, classes: int = 20) -> None:
+    """Print, per step, the chief and auxiliary losses, the fc5 norm, the gradient norm and DSA's active
+    share of resnet27 at the trainer's defaults (plus ``overrides``) on random inputs: how large DSA is
+    against the chief loss in each feature space (aux_normalise, aux_scale)."""
+    torch.manual_seed(0)
+    cfg = build(TrainConfig, {"dsa_p": 0.2, **overrides})
+    chief_m, aux_m = build_losses(cfg, classes, classes, 512)
+    model = SeqFaceModel(
+        create_backbone("resnet27"), chief_m, aux_m, cfg.aux_normalise, aux_scale=cfg.aux_scale
+    ).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(0)
+    print(
+        f"resnet27, random 128x128 inputs, batch {batch}, lr {cfg.lr}, clip {cfg.clip_grad_norm}, {overrides}"
+    )
+    for step in range(steps):
+        x = torch.randn(batch, 3, 128, 128, generator=g).to(device)
+        half = batch // 2
+        y = torch.cat(
+            [
+                torch.randint(0, classes, (half,), generator=g),
+                classes + torch.randint(0, classes, (half,), generator=g),
+            ]
+        ).to(device)
+        c = train_step(model, opt, x, y, step, clip_grad_norm=cfg.clip_grad_norm)
+        print(
+            f"  step {step:3d}: chief {c['chief_loss']:9.3f}  aux {c['aux_loss']:9.3f}  "
+            f"aux/chief {c['aux_loss'] / c['chief_loss']:6.2f}  |fc5| {c['feature_norm']:9.2f}  "
+            f"grad norm {c.get('grad_norm', float('nan')):8.2f}  DSA active {c['dsa_active']:.3f}",
+            flush=True,
+        )
 
 
 def loader_rate(batch: int, workers: int, n_images: int = 2048, batches: int = 12) -> float:
@@ -106,6 +143,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--loader-only", action="store_true", help="measure the data loader alone")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before timing each configuration")
+    ap.add_argument(
+        "--loss-magnitudes",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="print DSA vs chief loss for STEPS steps",
+    )
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="train option"
+    )
     args = ap.parse_args()
     device = resolve_device(args.device)
     print(
@@ -113,6 +160,16 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, device {device}"
     )
     print(f"load average before: {_load()}")
+    if args.loss_magnitudes:
+        import json
+
+        overrides = {}
+        for item in args.sets:
+            key, _, value = item.partition("=")
+            overrides[key] = value == "true" if value in ("true", "false") else json.loads(value)
+        loss_magnitudes(args.loss_magnitudes, device, overrides)
+        print(f"load average after: {_load()}")
+        return
     ids, seqs = 10_000, 10_000
     loaders = {w: loader_rate(args.batch, w) for w in (0, 2)}
     if args.loader_only:

@@ -7,13 +7,17 @@ as several tracks share a person). Test = open-set verification among the other 
 
 Run: ``.venv/bin/python -m benchmarks.table2_digits [--seeds 5] [--steps 600]``.
 Every row uses the same backbone (an MLP, 32-d feature), optimiser, steps and batch size; rows differ
-only by data and losses, trained through the trainer's own ``train_step`` and loss registry.
+only by data and losses, trained through the trainer's own ``SeqFaceModel``, ``train_step`` and loss
+registry. For the rows with DSA it also reports the share of active hinge pairs (mean over the second
+half of training) and the mean feature norm at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 from dataclasses import replace
 
@@ -24,7 +28,7 @@ from seqbuild.config import build
 from seqbuild.train.backbones import create_backbone
 from seqbuild.train.config import TrainConfig
 from seqbuild.train.evaluate import verification_report
-from seqbuild.train.trainer import build_losses, train_step
+from seqbuild.train.trainer import SeqFaceModel, build_losses, train_step
 
 ROWS = [
     # name, data, chief loss, aux loss
@@ -93,8 +97,8 @@ def pairs(test_y: np.ndarray, seed: int, n: int = 3000) -> tuple[np.ndarray, np.
 
 def train_row(
     data: dict[str, np.ndarray], kind: str, chief: str, aux: str, seed: int, steps: int, base: TrainConfig
-) -> torch.nn.Module:
-    """Train one row's model and return it."""
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Train one row's model; the model and figures of its training (DSA's active share, feature norm)."""
     torch.manual_seed(seed)
     if kind == "A":
         xs, ys, c, h = [data["id_x"]], [data["id_y"]], 5, 0
@@ -104,13 +108,16 @@ def train_row(
     else:  # fully labelled: the sequence images with their digit as identity class
         xs, ys, c, h = [data["id_x"], data["seq_x"]], [data["id_y"], data["seq_digit"]], 10, 0
     cfg = replace(base, chief_loss=chief, aux_loss=aux, seed=seed, overlap_removed=kind != "A+B q0")
-    model = create_backbone("mlp", in_features=64, hidden=128, dim=base.embedding_dim)
+    backbone = create_backbone("mlp", in_features=64, hidden=128, dim=base.embedding_dim)
     chief_m, aux_m = build_losses(cfg, c, h, base.embedding_dim)
-    params = list(model.parameters()) + list(chief_m.parameters())
-    opt = torch.optim.SGD(params, lr=base.lr, momentum=base.momentum, weight_decay=base.weight_decay)
+    model = SeqFaceModel(backbone, chief_m, aux_m, aux_normalise=base.aux_normalise, aux_scale=base.aux_scale)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=base.lr, momentum=base.momentum, weight_decay=base.weight_decay
+    )
     rng = np.random.default_rng(seed + 7)
     tensors = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in zip(xs, ys, strict=True)]
     per_source = base.batch_size // len(tensors)
+    active, norms = [], []
     for step in range(steps):
         lr = base.lr * (0.1 if step >= int(steps * 0.75) else 1.0)
         for g in opt.param_groups:
@@ -122,8 +129,14 @@ def train_row(
         ]
         bx = torch.cat([p[0] for p in parts])
         by = torch.cat([p[1] for p in parts])
-        train_step(model, chief_m, aux_m, opt, bx, by, step, aux_normalise=base.aux_normalise)
-    return model.eval()
+        comps = train_step(model, opt, bx, by, step, clip_grad_norm=base.clip_grad_norm)
+        if step >= steps // 2 and "dsa_active" in comps and comps["dsa_pairs"] > 0:
+            active.append(comps["dsa_active"])
+        norms.append(comps["feature_norm"])
+    stats = {"feature_norm": float(np.mean(norms[-20:]))}
+    if active:
+        stats["dsa_active"] = float(np.mean(active))
+    return backbone.eval(), stats
 
 
 @torch.no_grad()
@@ -135,18 +148,30 @@ def evaluate(model: torch.nn.Module, data: dict[str, np.ndarray], seed: int) -> 
 
 
 def main() -> None:
-    """Train every row for each seed and print the table (mean +- std of 10-fold accuracy)."""
+    """Train every row for each seed and print the table (mean +- sd of 10-fold accuracy)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--aux-weight", type=float, default=0.04)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--dsa-p", type=float, default=0.2)
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other train option, e.g. dsa_beta=1.0, aux_normalise=false (repeatable)",
+    )
     ap.add_argument("--json", default="")
     ap.add_argument("--extra", action="store_true", help="also the rows that are not in the paper's table")
-    ap.add_argument("--only", default="", help="only the rows whose name contains this text")
+    ap.add_argument("--only", default="", help="only the rows whose name contains this text (a|b: either)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    overrides = {}
+    for item in args.sets:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value not in ("true", "false") else value == "true"
     base = build(
         TrainConfig,
         {
@@ -155,39 +180,59 @@ def main() -> None:
             "lr": args.lr,
             "aux_weight": args.aux_weight,
             "dsa_p": args.dsa_p,
+            **overrides,
         },
     )
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
-    rows = [r for r in ROWS + (EXTRA_ROWS if args.extra else []) if args.only in r[0]]
+    wanted = args.only.split("|")
+    rows = [r for r in ROWS + (EXTRA_ROWS if args.extra else []) if any(w in r[0] for w in wanted)]
     results: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in rows}
     for seed in range(args.seeds):
         data = split(seed)
         for name, kind, chief, aux in rows:
-            model = train_row(data, kind, chief, aux, seed, args.steps, base)
-            results[name].append(evaluate(model, data, seed))
+            model, stats = train_row(data, kind, chief, aux, seed, args.steps, base)
+            results[name].append({**evaluate(model, data, seed), **stats})
     elapsed = time.perf_counter() - t0
+    load_after = os.getloadavg()
     print(
         f"digits Table 2: {args.seeds} seeds, {args.steps} steps, aux weight {args.aux_weight}, "
-        f"DSA p {args.dsa_p}, {elapsed:.0f} s"
+        f"DSA p {args.dsa_p}, overrides {overrides or 'none'}; {elapsed:.0f} s on "
+        f"{platform.machine()} ({os.cpu_count()} CPUs), load {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
-    print(f"{'row':38s} {'10-fold acc (mean +- std over seeds)':>38s} {'TAR@FAR=1e-3':>14s}")
+    print(
+        f"{'row':38s} {'10-fold acc % (mean +- sd)':>28s} {'TAR@FAR=1e-3 %':>16s} {'DSA active':>11s} {'|f|':>6s}"
+    )
     table = {}
     for name, rs in results.items():
         acc = np.array([r["kfold_accuracy"] for r in rs])
         tar = np.array([r["tar_at_far_1e-3"] for r in rs])
+        act = np.array([r["dsa_active"] for r in rs if "dsa_active" in r])
+        norm = np.array([r["feature_norm"] for r in rs])
+        # sd over seeds with ddof=1 (sample standard deviation)
         table[name] = {
             "acc_mean": acc.mean(),
-            "acc_std": acc.std(),
+            "acc_sd": acc.std(ddof=1) if len(acc) > 1 else 0.0,
             "tar_mean": tar.mean(),
-            "tar_std": tar.std(),
+            "tar_sd": tar.std(ddof=1) if len(tar) > 1 else 0.0,
             "acc_per_seed": acc.tolist(),
+            "dsa_active_mean": act.mean() if len(act) else None,
+            "dsa_active_sd": act.std(ddof=1) if len(act) > 1 else None,
+            "feature_norm": norm.mean(),
         }
+        t = table[name]
+        active = f"{t['dsa_active_mean']:.3f}" if len(act) else "-"
         print(
-            f"{name:38s} {100 * acc.mean():30.2f} +- {100 * acc.std():4.2f} {100 * tar.mean():8.2f} +- {100 * tar.std():4.2f}"
+            f"{name:38s} {100 * t['acc_mean']:20.2f} +- {100 * t['acc_sd']:4.2f} "
+            f"{100 * t['tar_mean']:8.2f} +- {100 * t['tar_sd']:4.2f} {active:>11s} {t['feature_norm']:6.2f}"
         )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "seconds": elapsed, "rows": table}, fh, indent=1)
+            json.dump(
+                {"args": vars(args), "seconds": elapsed, "load": [load_before, load_after], "rows": table},
+                fh,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

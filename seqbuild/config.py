@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -28,9 +29,18 @@ def option(
     min: float | None = None,
     max: float | None = None,
     choices: tuple | None = None,
+    affects_output: bool = True,
+    part: str = "",
 ) -> Any:
-    """A config field with its default, a help line, and optional range or choices (checked on build)."""
+    """A config field with its default, a help line, and optional range or choices (checked on build).
+
+    ``affects_output=False`` marks an option that says where or how fast to work (device, workers, batch
+    sizes, inputs), not what to compute: it is left out of every output hash, so changing it never
+    re-runs work. ``part`` names the step of a stage the option belongs to, for stages whose steps are
+    hashed separately (clean's per-video filters and its cross-video rerun index).
+    """
     meta = {"help": help, "min": min, "max": max, "choices": choices}
+    meta.update(affects_output=affects_output, part=part)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -81,9 +91,12 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -118,6 +131,8 @@ def validate(cfg: Any, section: str = "") -> None:
         for v in items:
             if v is None:
                 continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{prefix}{f.name}: expected a finite number, got {v!r}")
             if choices is not None and v not in choices:
                 raise ConfigError(f"{prefix}{f.name}: {v!r} is not one of {', '.join(map(str, choices))}")
             if lo is not None and isinstance(v, (int, float)) and v < lo:
@@ -131,11 +146,38 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: Any, ignore: tuple[str, ...] = ()) -> str:
-    """A short stable hash of the config's values (``ignore`` lists keys that do not change outputs)."""
-    data = {k: v for k, v in (cfg if isinstance(cfg, dict) else to_dict(cfg)).items() if k not in ignore}
+def config_hash(data: Any) -> str:
+    """A short stable hash of a dict of values (or of every field of a config dataclass)."""
+    data = data if isinstance(data, dict) else to_dict(data)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def output_values(cfg: Any, part: str | None = None) -> dict[str, Any]:
+    """The values of ``cfg``'s options that change its stage's output (those of one ``part`` if given)."""
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.metadata.get("affects_output", True) and (part is None or f.metadata.get("part", "") == part)
+    }
+
+
+def output_hash(cfg: Any, part: str | None = None, **upstream: Any) -> str:
+    """Hash of what an output depends on: ``cfg``'s output options plus named upstream hashes."""
+    return config_hash({**output_values(cfg, part), **upstream})
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of option ``name`` of config class ``cls`` (the one place defaults live)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    raise KeyError(f"{cls.__name__} has no option {name!r}")
+
+
+def runtime_keys(cfg_class: type) -> tuple[str, ...]:
+    """Names of the options of a config class marked ``affects_output=False``."""
+    return tuple(f.name for f in dataclasses.fields(cfg_class) if not f.metadata.get("affects_output", True))
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

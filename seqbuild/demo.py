@@ -359,5 +359,5 @@ def run_demo(
         "ingest": {"inputs": [str(made.video.resolve())]},
         "dedup_overlap": {"galleries": [str(made.gallery.resolve())]},
     }
-    pipeline = load_pipeline(demo_pipeline_path(), overrides, flags)
+    pipeline = load_pipeline(demo_pipeline_path(), overrides, flags, run=run)
     return made, run_pipeline(run, pipeline, executor=executor, progress=progress)

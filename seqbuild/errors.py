@@ -35,12 +35,6 @@ class MissingDependencyError(SeqbuildError):
     """An optional dependency is needed for the requested feature."""
 
 
-class NotImplementedYetError(SeqbuildError):
-    """A command or option exists but is not built yet."""
-
-    exit_code = 3
-
-
 def requires(module: str, extra: str) -> object:
     """Import ``module`` or raise MissingDependencyError naming the pip extra that provides it."""
     import importlib

@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import InputError
+from .stages import CHAIN
 from .storage import ShardStore
 
-STAGES = ("ingest", "track", "embed", "clean", "dedup_overlap")
-"""Stages of the chain in order; each writes ``RUN/<stage>/``."""
+STAGES = CHAIN
+"""Per-video stages of the chain in order (from :mod:`seqbuild.stages`); each writes ``RUN/<stage>/``."""
 
 
 class RunDir:
-    """Paths of one run: ``RUN/<stage>/<table>/<video_id>.parquet`` shards plus the final ``RUN/dataset``."""
+    """Paths of one run: ``RUN/<stage>/<table>/<video_id>.parquet`` shards plus the final ``RUN/dataset``.
+
+    Each per-video stage's store is also an attribute named after the stage (``run.ingest``, ``run.clean``).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -23,30 +27,10 @@ class RunDir:
             raise ValueError(f"unknown stage {name!r}")
         return ShardStore(self.root / name)
 
-    @property
-    def ingest(self) -> ShardStore:
-        """Ingest output: videos, shots, detections (with crops)."""
-        return self.stage("ingest")
-
-    @property
-    def track(self) -> ShardStore:
-        """Track output: assignments, sequences, removals."""
-        return self.stage("track")
-
-    @property
-    def embed(self) -> ShardStore:
-        """Embed output: embeddings keyed by face_id."""
-        return self.stage("embed")
-
-    @property
-    def clean(self) -> ShardStore:
-        """Clean output: assignments and sequences that survived, removals."""
-        return self.stage("clean")
-
-    @property
-    def dedup_overlap(self) -> ShardStore:
-        """Dedup-overlap output: assignments and sequences that survived, removals."""
-        return self.stage("dedup_overlap")
+    def __getattr__(self, name: str) -> ShardStore:
+        if name in STAGES:
+            return self.stage(name)
+        raise AttributeError(name)
 
     @property
     def dataset(self) -> Path:

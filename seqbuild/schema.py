@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 LANDMARKS = pa.list_(pa.float32(), 10)
 """Five (x, y) points in source-frame pixels: left eye, right eye, nose, left mouth, right mouth."""
@@ -101,17 +101,21 @@ SEQUENCES = pa.schema(
 
 REMOVALS = pa.schema(
     [
-        pa.field("stage", pa.string(), nullable=False),  # track | clean | dedup_overlap | ...
-        pa.field("scope", pa.string(), nullable=False),  # face | sequence
+        pa.field("stage", pa.string(), nullable=False),  # ingest | track | clean | dedup_overlap
+        pa.field("scope", pa.string(), nullable=False),  # face | sequence: what the decision was about
         pa.field("video_id", pa.string(), nullable=False),
-        pa.field("seq_id", pa.string()),
-        pa.field("face_id", pa.string()),  # null when a whole sequence is removed
-        pa.field(
-            "reason", pa.string(), nullable=False
-        ),  # e.g. too_short, noise, near_duplicate, gallery_match
+        pa.field("seq_id", pa.string()),  # null for faces removed before tracking
+        pa.field("face_id", pa.string(), nullable=False),  # one row per removed face, whatever the scope
+        pa.field("reason", pa.string(), nullable=False),  # declared in seqbuild/reasons.py
         pa.field("value", pa.float64()),  # the figure that triggered the removal
         pa.field("threshold", pa.float64()),  # the limit it was compared with
-        pa.field("detail", pa.string()),  # e.g. matched identity, gallery name, kept duplicate id
+        pa.field("detail", pa.string()),  # e.g. the kept duplicate's id, the sequence a rerun copies
+        pa.field("gallery", pa.string()),  # gallery_match: the gallery's name
+        pa.field("identity", pa.string()),  # gallery_match: the gallery identity matched
+        pa.field("fpir", pa.float64()),  # gallery_match: estimated false-positive identification rate
+        pa.field("decided_by", pa.string()),  # who decided: "auto" or the person named in a decisions file
+        pa.field("first_frame", pa.int64()),  # the frame range the reason refers to (a transition)
+        pa.field("last_frame", pa.int64()),
     ]
 )
 """Every row removed by any stage, with why: removals are written, never silently dropped."""

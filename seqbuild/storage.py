@@ -114,7 +114,12 @@ def write_table(
     table = table.replace_schema_metadata(meta)
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        if table.num_rows:
+            pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        else:
+            # An empty table is written with its schema and no row group at all: readers that size
+            # their batches from row groups (Hugging Face datasets) cannot handle an empty row group.
+            pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
     return path
 
 
@@ -158,15 +163,6 @@ def read_tables(paths: Iterable[str | os.PathLike[str]], schema: pa.Schema) -> p
     if not tables:
         return schema.empty_table()
     return pa.concat_tables(tables)
-
-
-def iter_batches(path: str | os.PathLike[str], batch_size: int = 1024, columns: list[str] | None = None):
-    """Stream a Parquet file as record batches (bounded memory for large tables)."""
-    try:
-        pf = pq.ParquetFile(path)
-        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CorruptTableError(f"{path}: corrupt or truncated Parquet file ({exc})") from exc
 
 
 class ShardStore:

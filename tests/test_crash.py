@@ -19,7 +19,7 @@ from seqbuild.dataset import export_stage
 from seqbuild.errors import CorruptTableError, InputError
 from seqbuild.layout import RunDir
 from seqbuild.pipeline.loading import load_pipeline
-from seqbuild.pipeline.run import run_pipeline, stage_function
+from seqbuild.pipeline.run import run_pipeline
 from seqbuild.schema import DETECTIONS, FACES
 from seqbuild.storage import read_table, read_tables, safe_name, write_table
 
@@ -272,12 +272,9 @@ def _clips(folder: Path) -> list[str]:
 
 
 def _built_stages() -> list[str]:
-    stages = []
-    for stage in ("ingest", "track", "embed", "clean", "dedup_overlap"):
-        if stage_function(stage) is None:
-            break
-        stages.append(stage)
-    return stages
+    from seqbuild.stages import CHAIN
+
+    return list(CHAIN)
 
 
 def _chain_toml(path: Path, clips: list[str], stages: list[str]) -> Path:

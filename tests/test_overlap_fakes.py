@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from seqbuild.embed.models import EMBEDDERS, Embedder
+from seqbuild.embed.models import EMBEDDERS, Embedder, model_id
 from seqbuild.ingest.align import align_face
 from seqbuild.ingest.detect import DETECTORS, Face, FaceDetector
 
@@ -99,3 +99,7 @@ def test_fakes_find_and_embed_coloured_squares():
     vec = ColourEmbedder().embed([crop])[0]
     assert float(vec @ colour_vector(RED)) > 0.99
     assert abs(float(vec @ colour_vector(GREEN))) < 0.01
+
+
+MODEL_ID = model_id(ColourEmbedder())
+"""The full model id the colour embedder writes into embeddings and galleries."""

@@ -1,48 +1,52 @@
-"""`seqbuild run`: stage order, skipping complete stages, re-running changed ones, not-built stages."""
+"""`seqbuild run` and the stage contract: order, skipping complete stages, re-running changed ones, locks."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing as mp
 from collections import Counter
 
 import pytest
 from click.testing import CliRunner
 
-from seqbuild.config import config_hash
+from seqbuild.config import output_hash
+from seqbuild.driver import StageSummary
 from seqbuild.errors import ConfigError
 from seqbuild.layout import RunDir
 from seqbuild.pipeline import run as runner
 from seqbuild.pipeline.loading import load_pipeline
+from seqbuild.runstate import RunLockedError, read_state, stage_lock
 
 CALLS: Counter = Counter()
 
 
 def fake_ingest(run, cfg, executor=None, progress=True):
-    """Marks one shard per input done (with its config hash), like a real stage."""
+    """Marks one shard per input done (with its output hash), like a real stage."""
     CALLS["ingest"] += 1
     rd = RunDir(run)
-    key = config_hash(cfg, ignore=("inputs", "workers"))
-    done = 0
+    key = output_hash(cfg)
+    summary = StageSummary("ingest", videos=len(cfg.inputs))
     for source in cfg.inputs:
         shard = hashlib.sha1(source.encode()).hexdigest()[:12]
         if not rd.ingest.is_done(shard, key):
             rd.ingest.mark_done(shard, key)
-            done += 1
-    return {"videos": len(cfg.inputs), "done": done, "failed": 0}
+            summary.done += 1
+    return summary
 
 
 def fake_track(run, cfg, executor=None, progress=True):
     """Marks every ingested shard done; a shard named in FAIL fails."""
     CALLS["track"] += 1
     rd = RunDir(run)
-    failed = []
+    summary = StageSummary("track", videos=len(rd.ingest.done_shards()))
     for shard in rd.ingest.done_shards():
         if shard in FAIL:
-            failed.append(shard)
+            summary.fail(shard, "broken on purpose")
             continue
-        rd.track.mark_done(shard, config_hash(cfg))
-    return {"videos": len(rd.ingest.done_shards()), "failed": len(failed)}
+        rd.track.mark_done(shard, output_hash(cfg))
+        summary.done += 1
+    return summary
 
 
 FAIL: set[str] = set()
@@ -53,7 +57,7 @@ def fakes(monkeypatch, tmp_path):
     CALLS.clear()
     FAIL.clear()
     stages = {"ingest": fake_ingest, "track": fake_track}
-    monkeypatch.setattr(runner, "stage_function", lambda stage: stages.get(stage))
+    monkeypatch.setattr(runner, "stage_entry", lambda stage: stages[stage])
     videos = []
     for name in ("a.mp4", "b.mp4"):
         (tmp_path / name).write_bytes(b"x")
@@ -81,10 +85,13 @@ def test_runs_in_order_then_skips_complete_stages(fakes, tmp_path):
     assert CALLS == {"ingest": 1, "track": 1}
 
 
-def test_runtime_only_keys_do_not_rerun(fakes, tmp_path):
+def test_options_that_do_not_affect_output_do_not_rerun(fakes, tmp_path):
     run = tmp_path / "run"
-    runner.run_pipeline(run, pipeline(fakes), progress=False)
-    again = runner.run_pipeline(run, pipeline(fakes, "ingest.workers=2", "track.workers=2"), progress=False)
+    runner.run_pipeline(run, pipeline(fakes, "ingest.device='cpu'"), progress=False)
+    assert read_state(run, "ingest")["runtime"]["device"] == "cpu"  # recorded, but not hashed
+    again = runner.run_pipeline(
+        run, pipeline(fakes, "ingest.workers=2", "track.workers=2", "ingest.device='auto'"), progress=False
+    )
     assert statuses(again) == {"ingest": "skipped", "track": "skipped"}
 
 
@@ -94,12 +101,12 @@ def test_changed_config_reruns_that_stage_and_later_ones_and_says_so(fakes, tmp_
     caplog.set_level(logging.INFO, logger="seqbuild")
     res = runner.run_pipeline(run, pipeline(fakes, "track.min_iou=0.5"), progress=False)
     assert statuses(res) == {"ingest": "skipped", "track": "ran"}
-    assert "track: config changed (min_iou: 0.3 -> 0.5)" in caplog.text
+    assert "track: options changed (min_iou: 0.3 -> 0.5)" in caplog.text
     caplog.clear()
     res = runner.run_pipeline(run, pipeline(fakes, "track.min_iou=0.5", "ingest.min_face=80"), progress=False)
     assert statuses(res) == {"ingest": "ran", "track": "ran"}
-    assert "ingest: config changed (min_face: 60 -> 80)" in caplog.text
-    assert "track: an earlier stage's config changed" in caplog.text
+    assert "ingest: options changed (min_face: 60 -> 80)" in caplog.text
+    assert "track: an earlier stage's options changed" in caplog.text
     assert CALLS == {"ingest": 2, "track": 3}
 
 
@@ -112,7 +119,7 @@ def test_changed_upstream_invalidates_later_outputs_first(fakes, tmp_path, monke
         seen["markers"] = RunDir(run_).track.done_shards()
         return fake_track(run_, cfg)
 
-    monkeypatch.setattr(runner, "stage_function", {"ingest": fake_ingest, "track": spy_track}.get)
+    monkeypatch.setattr(runner, "stage_entry", {"ingest": fake_ingest, "track": spy_track}.get)
     runner.run_pipeline(run, pipeline(fakes, "ingest.min_face=80"), progress=False)
     assert seen["markers"] == [], "stale track markers must be gone before track runs again"
 
@@ -130,19 +137,11 @@ def test_failed_videos_leave_the_stage_incomplete(fakes, tmp_path, caplog):
     FAIL.add(hashlib.sha1(fakes[1].encode()).hexdigest()[:12])
     res = runner.run_pipeline(run, pipeline(fakes), progress=False)
     assert res[1].failures == 1
+    assert res[1].summary["failures"] == [{"video": sorted(FAIL)[0], "error": "broken on purpose"}]
     FAIL.clear()
     res = runner.run_pipeline(run, pipeline(fakes), progress=False)
     assert statuses(res) == {"ingest": "skipped", "track": "ran"}
     assert len(RunDir(run).track.done_shards()) == 2
-
-
-def test_not_built_stage_stops_the_chain_clearly(fakes, tmp_path, caplog):
-    run = tmp_path / "run"
-    res = runner.run_pipeline(
-        run, pipeline(fakes, stages=("ingest", "track", "embed", "clean")), progress=False
-    )
-    assert statuses(res) == {"ingest": "ran", "track": "ran", "embed": "not_built", "clean": "not_run"}
-    assert "embed: the embed stage is not built yet" in caplog.text
 
 
 def test_stage_order_and_names_are_checked(fakes, tmp_path):
@@ -152,10 +151,44 @@ def test_stage_order_and_names_are_checked(fakes, tmp_path):
         runner.run_pipeline(tmp_path, pipeline(fakes, stages=("ingest", "dance")), progress=False)
 
 
-def test_stage_function_finds_real_modules_and_reports_missing_ones(monkeypatch):
-    assert runner.stage_function("track").__name__ == "run_track"
-    monkeypatch.setitem(runner.STAGE_ENTRY, "track", "seqbuild.track.no_such_module:run_track")
-    assert runner.stage_function("track") is None
+def test_the_run_remembers_its_inputs_and_settings(fakes, tmp_path, caplog):
+    """A second `run` on an existing run folder needs neither its inputs nor its settings again."""
+    run = tmp_path / "run"
+    runner.run_pipeline(run, pipeline(fakes, "track.min_iou=0.4"), progress=False)
+    remembered = load_pipeline(None, ['run.stages=["ingest", "track"]'], run=run)
+    assert remembered["ingest"].inputs == fakes
+    assert remembered["track"].min_iou == 0.4
+    res = runner.run_pipeline(run, remembered, progress=False)
+    assert statuses(res) == {"ingest": "skipped", "track": "skipped"}
+    caplog.set_level(logging.INFO, logger="seqbuild")
+    explicit = load_pipeline(None, ["track.min_iou=0.5"], run=run)
+    assert explicit["track"].min_iou == 0.5
+    assert "track.min_iou changed from 0.4" in caplog.text
+
+
+def _hold_lock(run, ready, release):
+    with stage_lock(run, "track"):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_command_on_the_same_stage_is_refused_naming_the_holder(tmp_path):
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+            with stage_lock(tmp_path, "track"):
+                pass
+        with stage_lock(tmp_path, "ingest"):  # other stages are free
+            pass
+    finally:
+        release.set()
+        holder.join(30)
+    with stage_lock(tmp_path, "track", wait=True):  # free again once the holder is gone
+        pass
 
 
 def test_cli_run_saves_config_writes_log_and_exit_codes(fakes, tmp_path):
@@ -165,16 +198,18 @@ def test_cli_run_saves_config_writes_log_and_exit_codes(fakes, tmp_path):
     videos = ", ".join(f'"{v}"' for v in fakes)
     toml.write_text(f'[run]\nstages = ["ingest", "track"]\n[ingest]\ninputs = [{videos}]\n')
     run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", str(toml), "--out", str(run), "--log-level", "DEBUG"])
+    result = CliRunner().invoke(cli, ["run", str(toml), "--out", str(run), "--log-level", "debug"])
     assert result.exit_code == 0, result.output
     assert "track" in result.output and "ran in" in result.output
     assert (run / "config.toml").exists()
     log_text = (run / "logs" / "seqbuild.log").read_text()
     assert "track: running" in log_text
     result = CliRunner().invoke(cli, ["run", str(toml), "--out", str(run)])
-    assert result.exit_code == 0 and "skipped: complete for this config" in result.output
-    toml.write_text(toml.read_text().replace('"track"]', '"track", "embed"]'))
-    result = CliRunner().invoke(cli, ["run", str(toml), "--out", str(run)])
-    assert result.exit_code == 3 and "not built" in result.output
+    assert result.exit_code == 0 and "skipped: complete for these options" in result.output
+    # The run remembers its inputs: a pipeline file that names none still runs on them.
+    bare = tmp_path / "bare.toml"
+    bare.write_text('[run]\nstages = ["ingest", "track"]\n')
+    result = CliRunner().invoke(cli, ["run", str(bare), "--out", str(run)])
+    assert result.exit_code == 0, result.output
     result = CliRunner().invoke(cli, ["run", str(toml), "--out", str(run), "--set", "track.bogus=1"])
     assert result.exit_code == 2 and "track.bogus" in result.output

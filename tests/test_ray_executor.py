@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 import synthetic
 
+from seqbuild.executors import LocalExecutor, create_executor
 from seqbuild.layout import RunDir
-from seqbuild.pipeline.executors import LocalExecutor, create_executor
 from seqbuild.schema import ASSIGNMENTS, DETECTIONS, REMOVALS, SEQUENCES
 from seqbuild.storage import write_table
 
@@ -59,7 +59,7 @@ def stage_rows(run: RunDir, stage: str) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from seqbuild.pipeline.ray_executor import ensure_ray, shutdown_ray
+    from seqbuild.ray_executor import ensure_ray, shutdown_ray
 
     ensure_ray(num_cpus=2)
     yield
@@ -78,7 +78,7 @@ def test_ray_executor_tracks_like_the_local_executor(tmp_path, local_ray):
     executor = create_executor("ray", use_gpu=True)
     assert executor.num_gpus == 0.0  # no GPU in the local instance: tasks ask for none
     remote = run_track(ray_run.root, cfg, executor=executor, progress=False)
-    assert remote["tracked"] == local["tracked"] == len(videos)
+    assert remote["done"] == local["done"] == len(videos)
     assert remote["failed"] == 0
     a, b = stage_rows(local_run, "track"), stage_rows(ray_run, "track")
     assert a["assignments"], "the synthetic scene must produce sequences"
@@ -94,3 +94,21 @@ def test_ray_executor_streams_results_and_raises_task_errors(local_ray):
     assert got == {1: 1, 4: 2, 16: 4, 25: 5, 36: 6}
     with pytest.raises(ValueError, match="nonnegative"):
         dict(executor.map(math.isqrt, [1, -3]))
+
+
+def test_joining_a_cluster_that_is_not_there_is_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from seqbuild._cli.main import cli
+    from seqbuild.ray_executor import shutdown_ray
+
+    shutdown_ray()  # a local instance started by an earlier test would be used instead of joining
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    toml = tmp_path / "p.toml"
+    toml.write_text('[run]\nstages = ["ingest"]\n[ingest]\ninputs = ["nothing.mp4"]\n')
+    result = CliRunner().invoke(
+        cli, ["run", str(toml), "--out", str(tmp_path / "run"), "--executor", "ray", "--ray-address", "auto"]
+    )
+    assert result.exit_code != 0
+    assert "no running Ray cluster found" in result.output and "ray start --head" in result.output
+    assert "Traceback" not in result.output and "--address` flag" not in result.output

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from seqbuild.errors import InputError
-from seqbuild.overlap.recordio import (
+from seqbuild.recordio import (
     MAGIC,
     RecordIOError,
     RecordIOReader,

@@ -13,6 +13,7 @@ import pytest
 from seqbuild.demo import load_photo, render_view
 from seqbuild.imaging import encode_jpeg
 from seqbuild.layout import RunDir
+from seqbuild.reasons import removal_rows
 from seqbuild.report import collect_counts, write_report
 from seqbuild.report.render import find_chromium, render_screenshot
 from seqbuild.schema import ASSIGNMENTS, DETECTIONS, REMOVALS, SEQUENCES, embeddings_schema
@@ -93,20 +94,21 @@ def synthetic_run(root, n_videos: int = 2) -> RunDir:
         assign = read_table(run.track.table_path("assignments", video_id), ASSIGNMENTS)
         seqs = read_table(run.track.table_path("sequences", video_id), SEQUENCES)
         matched = seqs.column("seq_id")[0].as_py()
-        rem = pa.table(
-            {
-                "stage": ["dedup_overlap"],
-                "scope": ["sequence"],
-                "video_id": [video_id],
-                "seq_id": [matched],
-                "face_id": [None],
-                "reason": ["gallery_match"],
-                "value": [0.83],
-                "threshold": [0.6],
-                "detail": ["gallery=demo identity=grace_hopper"],
-            },
-            schema=REMOVALS,
+        matched_faces = (
+            assign.filter(pc.equal(assign.column("seq_id"), matched)).column("face_id").to_pylist()
         )
+        rows = removal_rows(
+            "dedup_overlap",
+            "gallery_match",
+            video_id,
+            matched_faces,
+            seq_id=matched,
+            value=0.83,
+            threshold=0.6,
+            gallery="demo",
+            identity="grace_hopper",
+        )
+        rem = pa.Table.from_pylist(rows, schema=REMOVALS)
         keep_a = pc.not_equal(assign.column("seq_id"), matched)
         keep_s = pc.not_equal(seqs.column("seq_id"), matched)
         store = run.dedup_overlap

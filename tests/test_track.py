@@ -281,7 +281,7 @@ def test_track_detections_splits_at_cut_and_removes_short():
 def test_run_track_writes_resumes_and_redoes_on_config_change(tmp_path):
     run = make_run(tmp_path)
     summary = run_track(run.root, TrackConfig(), progress=False)
-    assert summary["tracked"] == 1 and summary["sequences"] == 2 and summary["removed_sequences"] == 1
+    assert summary["done"] == 1 and summary["sequences"] == 2 and summary["removed_sequences"] == 1
     seqs = read_table(run.track.table_path("sequences", "abcdefabcdef"), SEQUENCES)
     assert seqs.column("seq_id").to_pylist() == ["abcdefabcdef-s00000", "abcdefabcdef-s00002"]
     assign = read_table(run.track.table_path("assignments", "abcdefabcdef"), ASSIGNMENTS)
@@ -289,9 +289,9 @@ def test_run_track_writes_resumes_and_redoes_on_config_change(tmp_path):
     removals = read_table(run.track.table_path("removals", "abcdefabcdef"), REMOVALS)
     assert set(removals.column("seq_id").to_pylist()) == {"abcdefabcdef-s00001"}
     again = run_track(run.root, TrackConfig(), progress=False)
-    assert again["skipped"] == 1 and again["tracked"] == 0
+    assert again["skipped"] == 1 and again["done"] == 0
     changed = run_track(run.root, TrackConfig(min_faces=2), progress=False)
-    assert changed["tracked"] == 1 and changed["sequences"] == 3
+    assert changed["done"] == 1 and changed["sequences"] == 3
 
 
 def test_run_without_ingest_output_is_a_clear_error(tmp_path):
@@ -310,8 +310,8 @@ def test_corrupt_detections_fail_one_video_and_the_rest_carry_on(tmp_path, allow
     path.write_bytes(b"not parquet")
     run.ingest.mark_done(bad, "h1")
     summary = run_track(run.root, TrackConfig(), progress=False)
-    assert summary["failed"] == 1 and summary["tracked"] == 1
-    assert bad in summary["errors"][0] and str(path) in summary["errors"][0]
+    assert summary["failed"] == 1 and summary["done"] == 1
+    assert bad in summary["failures"][0]["error"] and str(path) in summary["failures"][0]["error"]
     assert run.track.done_shards() == ["abcdefabcdef"]
 
 
@@ -321,12 +321,18 @@ def test_cli_tracks_and_saves_config(tmp_path):
     assert result.exit_code == 0, result.output
     assert "sequences=2" in result.output
     assert 'tracker = "greedy_iou"' in run.config_path.read_text()
+    log_text = (run.root / "logs" / "seqbuild.log").read_text()
+    assert "track: running" in log_text and "track: done in" in log_text
+    # The run remembers the tracker: a later `track` without the flag keeps it, and nothing is redone.
+    again = CliRunner().invoke(cli, ["track", str(run.root), "--no-progress"])
+    assert again.exit_code == 0 and "done=0" in again.output and "skipped=1" in again.output
+    assert 'tracker = "greedy_iou"' in run.config_path.read_text()
 
 
 def test_video_without_faces_writes_empty_tables(tmp_path):
     run = make_run(tmp_path, video_id="0123456789ab", table=DETECTIONS.empty_table())
     summary = run_track(run.root, TrackConfig(), progress=False)
-    assert summary["tracked"] == 1 and summary["sequences"] == 0
+    assert summary["done"] == 1 and summary["sequences"] == 0
     for name, schema in (("assignments", ASSIGNMENTS), ("sequences", SEQUENCES), ("removals", REMOVALS)):
         assert read_table(run.track.table_path(name, "0123456789ab"), schema).num_rows == 0
     assert run.track.done_shards() == ["0123456789ab"]

@@ -207,44 +207,6 @@ def test_backbones_shapes_and_depth(name, blocks):
         assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 512)
 
 
-def _ddp_worker(rank, world, port, cfg_dict, result_dir):
-    import os
-
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    out = run_train(build(TrainConfig, cfg_dict), progress=False)
-    torch.save({"steps": out["steps"]}, f"{result_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_on_cpu(data, tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = _cfg(data, tmp_path / "ddp", max_steps=2, batch_size=4)
-    from seqbuild.config import to_dict
-
-    mp.spawn(_ddp_worker, args=(2, port, to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
-    assert torch.load(tmp_path / "rank0.pt")["steps"] == 2 and torch.load(tmp_path / "rank1.pt")["steps"] == 2
-    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
-    assert state["step"] == 2 and not any(k.startswith("module.") for k in state["model"])
-
-
 def test_stage_entry_uses_the_run_dataset(data, tmp_path):
     import shutil
 
@@ -282,3 +244,217 @@ def test_torch_compile_trains_and_checkpoints(data, tmp_path):
     assert out["steps"] == 2
     state = load_checkpoint(tmp_path / "c" / "last.pt")
     assert not any("_orig_mod" in k for k in state["model"])
+
+
+# ---------------------------------------------------------------- step, fp16 safety, clipping
+
+
+def _tiny_model(centre_update="rate", **cfg):
+    from seqbuild.train.backbones import create_backbone
+    from seqbuild.train.trainer import SeqFaceModel, build_losses
+
+    torch.manual_seed(0)
+    config = build(TrainConfig, {"dsa_p": 1.0, "centre_update": centre_update, **cfg})
+    chief, aux = build_losses(config, 3, 4, 8)
+    return SeqFaceModel(create_backbone("tiny", dim=8), chief, aux)
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(6, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 3, 4, 6])
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("centre_update", ["rate", "solver"])
+def test_a_step_the_loss_scaler_skips_leaves_centres_and_weights_untouched(centre_update):
+    """fp16: after an overflow the GradScaler skips the step; the centre update (and BatchNorm
+    statistics) must skip it too, or one overflow poisons the centres for good."""
+    from seqbuild.train.trainer import train_step
+
+    model = _tiny_model(centre_update)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = _batch()
+    first = train_step(model, opt, x, y, 0, scaler)
+    assert first["skipped_step"] == 0.0
+    before, scale = _snapshot(model), scaler.get_scale()
+    x[2, 0, 0, 0] = float("inf")  # one overflowing activation
+    comps = train_step(model, opt, x, y, 1, scaler)
+    assert comps["skipped_step"] == 1.0 and scaler.get_scale() < scale
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{k} changed on a skipped step"
+    assert torch.isfinite(model.aux.centres).all()
+    # and training carries on normally afterwards
+    x, y = _batch(1)
+    assert train_step(model, opt, x, y, 2, scaler)["skipped_step"] == 0.0
+    assert not torch.equal(before["aux.centres"], model.aux.centres)
+
+
+def test_non_finite_loss_without_a_scaler_stops_before_any_update():
+    from seqbuild.train.losses import TrainingDivergedError
+    from seqbuild.train.trainer import train_step
+
+    model = _tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _batch()
+    x[0, 0, 0, 0] = float("nan")
+    before = _snapshot(model)
+    with pytest.raises(TrainingDivergedError, match="step 5: non-finite loss"):
+        train_step(model, opt, x, y, 5)
+    params_after = dict(model.named_parameters())
+    assert all(torch.equal(before[k], params_after[k]) for k in params_after)
+
+
+def test_gradient_clip_bounds_the_update():
+    from seqbuild.train.trainer import train_step
+
+    model = _tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _batch()
+    comps = train_step(model, opt, x, y, 0, clip_grad_norm=1e-3)
+    assert comps["grad_norm"] > 1e-3  # the raw gradient was larger than the clip
+    moved = torch.sqrt(
+        sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True))
+    )
+    assert float(moved) <= 0.5 * 1e-3 * 1.0001
+
+
+def test_lr_warmup():
+    assert lr_at(0, 0.1, [], 0.1, warmup=4) == pytest.approx(0.025)
+    assert lr_at(3, 0.1, [], 0.1, warmup=4) == pytest.approx(0.1)
+    assert lr_at(10, 0.1, [5], 0.1, warmup=4) == pytest.approx(0.01)
+
+
+def test_build_training_puts_every_trainable_tensor_in_the_optimiser(data, tmp_path):
+    from seqbuild.train.trainer import build_training
+
+    tr = build_training(_cfg(data, tmp_path / "b"))
+    in_opt = {id(p) for g in tr.optimiser.param_groups for p in g["params"]}
+    assert {id(p) for p in tr.model.parameters()} == in_opt
+    assert {id(p) for p in tr.model.chief.parameters()} <= in_opt  # the class weights train too
+    assert tr.counts == {"identities": 4, "identity_images": 32, "sequences": 6, "sequence_images": 30}
+    assert tr.step == 0 and tr.net is tr.model  # no DDP wrapper in a single process
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+def test_init_loads_the_head_when_the_identity_list_matches(data, tmp_path, caplog):
+    """Phase 2 of the recipe trains the same identities: the classifier comes with the backbone."""
+    import logging
+
+    run_train(
+        _cfg(data, tmp_path / "p1", max_steps=3, chief_loss="l2_sphereface", aux_loss=""), progress=False
+    )
+    p1 = load_checkpoint(tmp_path / "p1" / "last.pt")
+    caplog.set_level(logging.INFO, logger="seqbuild.train")
+    # lr 0: the fine-tuning step changes nothing, so the weights seen are the ones loaded
+    out = run_train(
+        _cfg(data, tmp_path / "p2", max_steps=1, lr=0.0, init=str(tmp_path / "p1" / "last.pt")),
+        progress=False,
+    )
+    p2 = load_checkpoint(tmp_path / "p2" / "last.pt")
+    assert torch.equal(p2["chief"]["weight"], p1["chief"]["weight"])
+    assert torch.equal(p2["model"]["fc5.weight"], p1["model"]["fc5.weight"])
+    assert out["initialised_from"]["loaded"] == ["backbone", "head"]
+    assert "loaded backbone, head (same identity list: 4 classes" in caplog.text
+
+
+def test_init_keeps_a_fresh_head_for_another_identity_list(data, tmp_path, caplog):
+    import logging
+
+    make_identity_folder(tmp_path / "src5", identities=5, per_identity=4)
+    res = CliRunner().invoke(
+        cli, ["import-identities", str(tmp_path / "src5"), "--out", str(tmp_path / "ids5"), "--aligned"]
+    )
+    assert res.exit_code == 0, res.output
+    run_train(_cfg(data, tmp_path / "p1", max_steps=2, aux_loss=""), progress=False)
+    caplog.set_level(logging.INFO, logger="seqbuild.train")
+    cfg = _cfg(
+        data,
+        tmp_path / "p2",
+        max_steps=1,
+        lr=0.0,
+        identities=str(tmp_path / "ids5"),
+        init=str(tmp_path / "p1" / "last.pt"),
+    )
+    out = run_train(cfg, progress=False)
+    assert out["initialised_from"]["loaded"] == ["backbone"]
+    assert "head not loaded: its identity list" in caplog.text
+    assert load_checkpoint(tmp_path / "p2" / "last.pt")["chief"]["weight"].shape[0] == 5
+
+
+# ---------------------------------------------------------------- validation while training
+
+
+def _write_bin(path, images, issame):
+    import pickle
+
+    import numpy as np
+
+    from seqbuild.imaging import encode_jpeg
+
+    with open(path, "wb") as fh:
+        pickle.dump(([encode_jpeg(im) for im in images], np.asarray(issame, bool)), fh, protocol=4)
+
+
+def test_validation_every_n_steps_on_bin_and_pairs(data, tmp_path):
+    import numpy as np
+
+    from seqbuild.imaging import read_image
+
+    src = data / "src"
+    lines = ["10\t2"]
+    for k in range(4):
+        lines += [f"person_{k}\t{i}\t{i + 1}" for i in (1, 3, 5)]
+        lines += [f"person_{k}\t{i}\tperson_{(k + 1) % 4}\t{i}" for i in (1, 2, 3)]
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    images, issame = [], []
+    for k in range(4):
+        for i in (1, 2, 3):
+            images += [
+                read_image(str(src / f"person_{k}" / f"person_{k}_{i:04d}.jpg")),
+                read_image(str(src / f"person_{k}" / f"person_{k}_{i + 1:04d}.jpg")),
+            ]
+            images += [
+                read_image(str(src / f"person_{k}" / f"person_{k}_{i:04d}.jpg")),
+                read_image(str(src / f"person_{(k + 1) % 4}" / f"person_{(k + 1) % 4}_{i:04d}.jpg")),
+            ]
+            issame += [True, False]
+    _write_bin(tmp_path / "tiny.bin", images, issame)
+    cfg = _cfg(
+        data,
+        tmp_path / "o",
+        max_steps=5,
+        val_every=2,
+        val_bins=[str(tmp_path / "tiny.bin")],
+        val_pairs=str(tmp_path / "pairs.txt"),
+        val_images=str(src),
+    )
+    out = run_train(cfg, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "o" / "val_log.csv")))
+    assert [(int(r["step"]), r["set"]) for r in rows] == [
+        (s, n) for s in (2, 4, 5) for n in ("tiny.bin", "pairs.txt")
+    ]
+    for r in rows:
+        assert int(r["pairs"]) == 24
+        assert 0.0 <= float(r["kfold_accuracy"]) <= 1.0 and 0.5 <= float(r["best_threshold_accuracy"]) <= 1.0
+    assert set(out["validation"]) == {"tiny.bin", "pairs.txt"}
+    # the same figures as `seqbuild eval` gives for that checkpoint (same functions, same crops)
+    from seqbuild.train.evaluate import evaluate_bin
+
+    model = load_backbone_for_inference(tmp_path / "o" / "last.pt", "cpu")
+    again = evaluate_bin(model, tmp_path / "tiny.bin")
+    assert np.isclose(again["kfold_accuracy"], float(rows[-2]["kfold_accuracy"]))
+
+
+def test_validation_set_errors_name_the_file(data, tmp_path):
+    with pytest.raises(InputError, match="missing.bin"):
+        run_train(
+            _cfg(data, tmp_path / "o", max_steps=1, val_bins=[str(tmp_path / "missing.bin")]), progress=False
+        )

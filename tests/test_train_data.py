@@ -106,7 +106,7 @@ def test_import_identities_folder_writes_parquet_and_lists_skipped(tmp_path):
 
 
 def test_import_identities_recordio(tmp_path):
-    recordio = pytest.importorskip("seqbuild.overlap.recordio")
+    recordio = pytest.importorskip("seqbuild.recordio")
     rng = np.random.default_rng(0)
     images = [(k % 2, encode_jpeg(face_image(k % 2, rng, 112))) for k in range(6)]
     recordio.write_insightface_rec(tmp_path / "train.rec", images, tmp_path / "train.idx")

@@ -9,17 +9,9 @@ from .common import (
     flags_layer,
     handle_errors,
     load_config,
-    report_failures,
-    save_run_config,
+    run_stage_command,
     stage_options,
-    start_logging,
 )
-
-
-def _report(summary: dict) -> None:
-    errors = summary.pop("errors", [])
-    click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
-    report_failures(errors, summary.get("failed", 0))
 
 
 @click.command()
@@ -30,17 +22,9 @@ def _report(summary: dict) -> None:
 @click.option("--batch-size", type=int, default=None, help="Crops per forward pass.")
 @stage_options
 @handle_errors
-def embed(run, config_path, sets, log_level, no_progress, **flags) -> None:
+def embed(run, config_path, sets, log_level, no_progress, wait, **flags) -> None:
     """Compute one L2-normalised embedding per tracked face of RUN."""
-    from ..embed.stage import run_embed
-    from ..layout import RunDir
-
-    pipeline = load_config(config_path, sets, flags_layer("embed", **flags))
-    RunDir(run).require("track", "embed")
-    start_logging(log_level, run)
-    summary = run_embed(run, pipeline["embed"], progress=not no_progress)
-    save_run_config(pipeline, run)
-    _report(summary)
+    run_stage_command("embed", run, config_path, sets, log_level, no_progress, wait, flags)
 
 
 @click.command()
@@ -70,19 +54,15 @@ def embed(run, config_path, sets, log_level, no_progress, **flags) -> None:
 )
 @stage_options
 @handle_errors
-def clean(run, config_path, sets, log_level, no_progress, **flags) -> None:
+def clean(run, config_path, sets, log_level, no_progress, wait, **flags) -> None:
     """Remove noisy, near-duplicate, low-quality and rerun faces/sequences of RUN, with reasons."""
-    from ..clean.stage import run_clean
-    from ..layout import RunDir
+    if flags.get("dry_run"):  # writes nothing: no log file, no saved config, no lock
+        from ..clean.stage import run_clean
+        from ..layout import RunDir
 
-    pipeline = load_config(config_path, sets, flags_layer("clean", **flags))
-    cfg = pipeline["clean"]
-    RunDir(run).require("embed", "clean")
-    if cfg.dry_run:  # writes nothing: no log file, no saved config
-        summary = run_clean(run, cfg, progress=False)
-        click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+        pipeline = load_config(config_path, sets, flags_layer("clean", **flags), run=run)
+        RunDir(run).require("embed", "clean")
+        summary = run_clean(run, pipeline["clean"], progress=False)
+        click.echo(summary.line())
         return
-    start_logging(log_level, run)
-    summary = run_clean(run, cfg, progress=not no_progress)
-    save_run_config(pipeline, run)
-    _report(summary)
+    run_stage_command("clean", run, config_path, sets, log_level, no_progress, wait, flags)

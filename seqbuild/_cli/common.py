@@ -11,9 +11,10 @@ from typing import Any
 
 import click
 
+from ..driver import StageSummary
 from ..errors import SeqbuildError
 from ..logs import setup_logging
-from ..pipeline.loading import Pipeline, load_pipeline, save_config
+from ..pipeline.loading import Pipeline, load_pipeline
 
 log = logging.getLogger("seqbuild")
 
@@ -25,7 +26,7 @@ def config_options(fn: Callable) -> Callable:
         "sets",
         multiple=True,
         metavar="SECTION.KEY=VALUE",
-        help="Override one config value (repeatable).",
+        help="Override one config value (repeatable: --set a.x=1 --set b.y=2).",
     )(fn)
     fn = click.option(
         "--config",
@@ -42,18 +43,18 @@ def flags_layer(section: str, **values: Any) -> dict[str, dict[str, Any]]:
     return {section: {k: v for k, v in values.items() if v is not None and v != ()}}
 
 
-def load_config(config_path: str | None, sets: tuple[str, ...], flags: dict[str, dict[str, Any]]) -> Pipeline:
-    """Merge defaults < TOML < --set < flags."""
-    return load_pipeline(config_path, sets, flags)
-
-
-def save_run_config(pipeline: Pipeline, run: str | Path) -> None:
-    """Save the merged config as RUN/config.toml."""
-    save_config(pipeline, Path(run) / "config.toml")
+def load_config(
+    config_path: str | None,
+    sets: tuple[str, ...],
+    flags: dict[str, dict[str, Any]],
+    run: str | Path | None = None,
+) -> Pipeline:
+    """Merge defaults < the run's memory (RUN/config.toml) < TOML < --set < flags."""
+    return load_pipeline(config_path, sets, flags, run=run)
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Print a SeqbuildError as one line on stderr and exit with its code (no traceback)."""
+    """Print a SeqbuildError as one line on stderr and exit with its code (no traceback); Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -62,6 +63,9 @@ def handle_errors(fn: Callable) -> Callable:
         except SeqbuildError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished videos are kept; run the command again to resume", err=True)
+            sys.exit(130)
 
     return wrapper
 
@@ -71,18 +75,11 @@ def start_logging(level: str, run: str | Path | None) -> None:
     setup_logging(level, Path(run) / "logs" / "seqbuild.log" if run else None)
 
 
-def not_built(command: str, issue: str) -> None:
-    """Fail clearly for a command whose implementation has not landed yet."""
-    from ..errors import NotImplementedYetError
-
-    raise NotImplementedYetError(f"`seqbuild {command}` is not implemented yet ({issue})")
-
-
 log_level_option = click.option(
     "--log-level",
-    default="INFO",
+    default="info",
     show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Console and log-file level.",
 )
 
@@ -91,16 +88,63 @@ device_option = click.option("--device", default=None, help="auto | cpu | cuda |
 
 
 def stage_options(fn: Callable) -> Callable:
-    """The options every stage command shares: --workers, --no-progress, --config, --set, --log-level."""
+    """The options every stage command shares: --workers, --wait, --no-progress, --config, --set, --log-level."""
     fn = click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bars.")(fn)
+    fn = click.option(
+        "--wait", is_flag=True, default=False, help="Wait for another command running this stage of RUN."
+    )(fn)
     fn = click.option("--workers", type=int, default=None, help="Videos processed in parallel.")(fn)
     return log_level_option(config_options(fn))
 
 
-def report_failures(errors: list[str] | dict[str, str], failed: int) -> None:
-    """Print each failed video on stderr and exit 1 when any failed (the other videos are written)."""
-    items = errors.items() if isinstance(errors, dict) else ((None, e) for e in errors)
-    for shard, err in items:
-        click.echo(f"failed: {shard + ': ' if shard else ''}{err}", err=True)
-    if failed:
+def run_stage_command(
+    name: str,
+    run: str,
+    config_path: str | None,
+    sets: tuple[str, ...],
+    log_level: str,
+    no_progress: bool,
+    wait: bool,
+    flags: dict[str, Any],
+) -> StageSummary | dict[str, Any]:
+    """The body of every stage command: config with the run's memory, logging, the stage, its failures."""
+    from ..pipeline.run import run_stage
+    from ..stages import previous_stage, stage_spec
+
+    spec = stage_spec(name)
+    pipeline = load_config(config_path, sets, flags_layer(spec.name, **flags), run=run)
+    before = previous_stage(spec.name)
+    if before is not None and spec.per_video:
+        from ..layout import RunDir
+
+        RunDir(run).require(
+            before if spec.name != "dedup_overlap" else pipeline[spec.name].input_stage, spec.name
+        )
+    start_logging(log_level, run)
+    result = run_stage(run, spec.name, pipeline, progress=not no_progress, wait=wait)
+    summary = result.summary
+    failures = summary.get("failures", [])
+    click.echo(_summary_text(summary))
+    for f in failures:
+        click.echo(f"failed: {f['video']}: {f['error']}", err=True)
+    if failures:
+        click.echo(
+            f"error: {len(failures)} of {summary.get('videos', len(failures))} video(s) failed; the others were written",
+            err=True,
+        )
         sys.exit(1)
+    return summary
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    skip = {"stage", "failures"}
+    parts = []
+    for key, value in summary.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+            parts.append(f"{key}=[{value}]")
+        else:
+            parts.append(f"{key}={value}")
+    return f"{summary.get('stage', '')}: " + " ".join(parts)

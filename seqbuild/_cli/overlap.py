@@ -10,8 +10,7 @@ from .common import (
     handle_errors,
     load_config,
     log_level_option,
-    report_failures,
-    save_run_config,
+    run_stage_command,
     stage_options,
     start_logging,
 )
@@ -40,27 +39,15 @@ from .common import (
 )
 @stage_options
 @handle_errors
-def dedup_overlap(run, config_path, sets, log_level, no_progress, **flags) -> None:
+def dedup_overlap(run, config_path, sets, log_level, no_progress, wait, **flags) -> None:
     """Remove sequences of RUN whose identity is in a reference gallery, and write the final dataset."""
-    from ..overlap.stage import run_dedup_overlap
-
-    start_logging(log_level, run)
     flags["galleries"] = list(flags["galleries"]) or None
     flags["thresholds"] = list(flags["thresholds"]) or None
-    pipeline = load_config(config_path, sets, flags_layer("dedup_overlap", **flags))
-    cfg = pipeline["dedup_overlap"]
-    summary = run_dedup_overlap(run, cfg, progress=not no_progress)
-    save_run_config(pipeline, run)
-    click.echo(
-        f"dedup-overlap: {summary['done']} videos done, {summary['skipped']} already done, "
-        f"{len(summary['failed'])} failed; sequences {summary['sequences_kept']}/{summary['sequences_in']} kept, "
-        f"faces {summary['faces_kept']}/{summary['faces_in']} kept"
-    )
-    for name, g in summary["galleries"].items():
+    summary = run_stage_command("dedup_overlap", run, config_path, sets, log_level, no_progress, wait, flags)
+    for name, g in summary.get("galleries", {}).items():
         click.echo(
             f"  gallery {name} (threshold {g['threshold']:.3f}): removed {g['sequences']} sequences, {g['faces']} faces"
         )
-    report_failures(summary["failed"], len(summary["failed"]))
 
 
 @click.group()
@@ -89,16 +76,19 @@ def gallery() -> None:
 @click.option(
     "--prealigned", is_flag=True, default=None, help="Photos are already aligned crops (skip detection)."
 )
+@click.option("--no-progress", is_flag=True, default=False, help="Hide the progress bar.")
 @config_options
 @log_level_option
 @handle_errors
-def gallery_build(src, out, name, identities, config_path, sets, log_level, **flags) -> None:
+def gallery_build(src, out, name, identities, config_path, sets, log_level, no_progress, **flags) -> None:
     """Build a gallery from an image folder, a RecordIO train.rec/.idx pair, or precomputed features."""
     from ..overlap.gallery import build_gallery
 
     start_logging(log_level, None)
     pipeline = load_config(config_path, sets, flags_layer("dedup_overlap", **flags))
-    manifest = build_gallery(src, out, pipeline["dedup_overlap"], name=name, identities=identities)
+    manifest = build_gallery(
+        src, out, pipeline["dedup_overlap"], name=name, identities=identities, progress=not no_progress
+    )
     counts = ", ".join(f"{k} {v}" for k, v in sorted(manifest["status_counts"].items()))
     click.echo(
         f"gallery {manifest['name']}: {manifest['n_identities']} identities from {manifest['n_images']} images ({counts});"

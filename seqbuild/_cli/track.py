@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import (
-    flags_layer,
-    handle_errors,
-    load_config,
-    report_failures,
-    save_run_config,
-    stage_options,
-    start_logging,
-)
+from .common import handle_errors, run_stage_command, stage_options
 
 
 @click.command()
@@ -24,16 +16,6 @@ from .common import (
 )
 @stage_options
 @handle_errors
-def track(run, config_path, sets, log_level, no_progress, **flags) -> None:
+def track(run, config_path, sets, log_level, no_progress, wait, **flags) -> None:
     """Link the detections of RUN into single-person sequences (Kalman filter + Hungarian assignment)."""
-    from ..layout import RunDir
-    from ..track.stage import run_track
-
-    pipeline = load_config(config_path, sets, flags_layer("track", **flags))
-    RunDir(run).require("ingest", "track")  # before logging creates anything under RUN
-    start_logging(log_level, run)
-    summary = run_track(run, pipeline["track"], progress=not no_progress)
-    save_run_config(pipeline, run)
-    errors = summary.pop("errors")
-    click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
-    report_failures(errors, summary["failed"])
+    run_stage_command("track", run, config_path, sets, log_level, no_progress, wait, flags)

@@ -67,20 +67,27 @@ class CleanConfig:
     )
     min_faces: int = option(5, "sequences left with fewer faces are removed", min=1)
     rerun_threshold: float = option(
-        0.9, "sequence-centre similarity that flags a possible rerun", min=-1.0, max=1.0
+        0.9, "sequence-centre similarity that flags a possible rerun", min=-1.0, max=1.0, part="reruns"
     )
     rerun_face_threshold: float = option(
-        0.98, "face similarity counted as the same picture in the rerun face-level check", min=-1.0, max=1.0
+        0.98,
+        "face similarity counted as the same picture in the rerun face-level check",
+        min=-1.0,
+        max=1.0,
+        part="reruns",
     )
     rerun_min_share: float = option(
         0.5,
         "share of the shorter sequence's faces matched for two sequences to be one rerun",
         min=0.0,
         max=1.0,
+        part="reruns",
     )
-    rerun_neighbours: int = option(10, "nearest sequence centres checked per sequence", min=1)
-    device: str = option("auto", "auto | cpu | cuda | cuda:N")
-    workers: int = option(1, "videos processed in parallel", min=1)
+    rerun_neighbours: int = option(10, "nearest sequence centres checked per sequence", min=1, part="reruns")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", affects_output=False)
+    workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
     dry_run: bool = option(
-        False, "print similarity histograms and what each threshold would remove; write nothing"
+        False,
+        "print similarity histograms and what each threshold would remove; write nothing",
+        affects_output=False,
     )

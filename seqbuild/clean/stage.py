@@ -21,10 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import config_hash
+from ..config import config_hash, output_hash
+from ..driver import StageSummary, VideoTask, drive
 from ..errors import SeqbuildError
+from ..executors import Executor
 from ..layout import RunDir
-from ..pipeline.executors import Executor, LocalExecutor
+from ..reasons import removal_rows
 from ..schema import ASSIGNMENTS, REMOVALS, SEQUENCES, SHOTS
 from ..storage import ShardStore, read_table, table_metadata, write_table
 from . import filters
@@ -35,21 +37,6 @@ log = logging.getLogger(__name__)
 STAGE = "clean"
 LOCAL = "_local"
 RERUNS_FILE = "_reruns.parquet"
-_HASH_IGNORE = ("workers", "device", "dry_run")
-_LOCAL_KEYS = (
-    "noise_threshold",
-    "split_policy",
-    "two_identity_threshold",
-    "min_group_faces",
-    "jump_threshold",
-    "near_dup_threshold",
-    "min_face_size",
-    "min_blur",
-    "min_det_score",
-    "max_yaw",
-    "cut_margin",
-    "min_faces",
-)
 DET_COLUMNS = ["face_id", "frame_idx", "pts", "shot_id", "det_score", "face_size", "blur", "yaw"]
 
 
@@ -71,12 +58,14 @@ def local_store(run: RunDir) -> ShardStore:
     return ShardStore(run.clean.root / LOCAL)
 
 
-def local_hash(run: RunDir, cfg: CleanConfig, shard: str) -> str:
+def local_hash(run: RunDir, cfg: CleanConfig, video: str) -> str:
     """Hash of a video's step-1 output: the per-video options and the embed and track outputs it used."""
-    values = {k: getattr(cfg, k) for k in _LOCAL_KEYS}
-    values["embed"] = run.embed.marker(shard).get("config_hash", "")
-    values["track"] = run.track.marker(shard).get("config_hash", "")
-    return config_hash(values)
+    return output_hash(
+        cfg,
+        part="",
+        embed=run.embed.marker(video).get("config_hash", ""),
+        track=run.track.marker(video).get("config_hash", ""),
+    )
 
 
 # ---------------------------------------------------------------- step 1: one video
@@ -92,18 +81,19 @@ class SequenceResult:
     near_dup_max: np.ndarray  # each kept-so-far face's best similarity to an earlier kept face
 
 
-def _removal_row(video_id: str, seq_id: str, face_id: str | None, r: filters.Removal) -> dict[str, Any]:
-    return {
-        "stage": STAGE,
-        "scope": "face" if face_id else "sequence",
-        "video_id": video_id,
-        "seq_id": seq_id,
-        "face_id": face_id,
-        "reason": r.reason,
-        "value": float(r.value),
-        "threshold": float(r.threshold),
-        "detail": r.detail or None,
-    }
+def _removal_rows(
+    video_id: str, seq_id: str, face_ids: list[str], r: filters.Removal
+) -> list[dict[str, Any]]:
+    return removal_rows(
+        STAGE,
+        r.reason,
+        video_id,
+        face_ids,
+        seq_id=seq_id,
+        value=r.value,
+        threshold=r.threshold,
+        detail=r.detail,
+    )
 
 
 def clean_sequence(
@@ -118,8 +108,7 @@ def clean_sequence(
     """Apply quality rules, splits where the appearance jumps to another person, then two-identity,
     noise, near-duplicate and length rules to one sequence (rows in time order).
 
-    A sequence-level removal (two identities, too few faces) is written as one row per face the sequence
-    still held, with scope ``sequence``, so that every face removed has its own row.
+    A sequence-level removal (two identities, too few faces) is one row per face the sequence still held.
     """
     removals: list[dict[str, Any]] = []
     alive = np.arange(len(face_ids))
@@ -127,15 +116,9 @@ def clean_sequence(
     limits = {k: getattr(cfg, k) for k in keys if k != "cut_margin" or cfg.cut_margin > 0}
     dropped = set()
     for r in filters.quality_removals(quality, limits):
-        removals.append(_removal_row(video_id, seq_id, face_ids[r.index], r))
+        removals += _removal_rows(video_id, seq_id, [face_ids[r.index]], r)
         dropped.add(r.index)
     alive = np.array([i for i in alive if i not in dropped], dtype=np.int64)
-
-    def remove_sequence(out_id: str, rows: np.ndarray, r: filters.Removal) -> None:
-        for i in rows:
-            row = _removal_row(video_id, out_id, face_ids[i], r)
-            row["scope"] = "sequence"
-            removals.append(row)
 
     parts: dict[str, np.ndarray] = {seq_id: alive}
     if cfg.jump_threshold > -1 and len(alive):
@@ -162,7 +145,7 @@ def clean_sequence(
         detail = f"groups of {two.sizes[0]} and {two.sizes[1]} faces"
         if cfg.split_policy == "drop":
             r = filters.Removal("two_identities", two.similarity, cfg.two_identity_threshold, detail=detail)
-            remove_sequence(part_id, rows, r)
+            removals += _removal_rows(video_id, part_id, [face_ids[i] for i in rows], r)
             continue
         groups.update({f"{part_id}-{k + 1}": rows[two.labels == k] for k in (0, 1)})
 
@@ -176,7 +159,7 @@ def clean_sequence(
         else:
             noise = []
         for r in noise:
-            removals.append(_removal_row(video_id, out_id, face_ids[rows[r.index]], r))
+            removals += _removal_rows(video_id, out_id, [face_ids[rows[r.index]]], r)
         rows = np.delete(rows, [r.index for r in noise])
         dups = filters.near_duplicate_removals(
             emb[rows], cfg.near_dup_threshold, [face_ids[i] for i in rows], device
@@ -185,11 +168,11 @@ def clean_sequence(
             sims = emb[rows] @ emb[rows].T
             dup_all.append(np.array([sims[i, :i].max() for i in range(1, len(rows))]))
         for r in dups:
-            removals.append(_removal_row(video_id, out_id, face_ids[rows[r.index]], r))
+            removals += _removal_rows(video_id, out_id, [face_ids[rows[r.index]]], r)
         rows = np.delete(rows, [r.index for r in dups])
         if len(rows) < cfg.min_faces:
             r = filters.Removal("too_few_faces", float(len(rows)), float(cfg.min_faces))
-            remove_sequence(out_id, rows, r)
+            removals += _removal_rows(video_id, out_id, [face_ids[i] for i in rows], r)
             continue
         kept[out_id] = [int(i) for i in rows]
     return SequenceResult(
@@ -337,45 +320,34 @@ def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") 
     }
 
 
-@dataclass
-class CleanTask:
-    """One video's step-1 job (picklable, for any executor)."""
-
-    run: str
-    shard: str
-    cfg: CleanConfig
-    config_hash: str
-    device: str
-
-
-def clean_video_task(task: CleanTask) -> dict[str, Any]:
-    """Step 1 for one video, written to the local store; returns counts or the error."""
+def clean_video_task(task: VideoTask) -> dict[str, Any]:
+    """Step 1 for one video, written to the local store; returns counts."""
     run = RunDir(task.run)
     store = local_store(run)
-    try:
-        out = clean_video(run, task.shard, task.cfg, task.device)
-        for name in ("assignments", "sequences", "removals"):
-            write_table(
-                store.table_path(name, task.shard), out[name], getattr_schema(name), name, task.config_hash
-            )
-        write_table(
-            store.table_path("centres", task.shard),
-            out["centres"],
-            centres_schema(out["dim"]),
-            "centres",
-            task.config_hash,
-        )
-        store.mark_done(
-            task.shard, task.config_hash, faces_in=out["faces_in"], faces_kept=out["assignments"].num_rows
-        )
-        return {"faces_in": out["faces_in"], "faces_kept": out["assignments"].num_rows}
-    except (SeqbuildError, OSError, pa.ArrowException) as exc:
-        return {"error": str(exc)}
+    out = clean_video(run, task.video, task.cfg, task.params["device"])
+    for name, schema in (("assignments", ASSIGNMENTS), ("sequences", SEQUENCES), ("removals", REMOVALS)):
+        write_table(store.table_path(name, task.video), out[name], schema, name, task.key)
+    write_table(
+        store.table_path("centres", task.video),
+        out["centres"],
+        centres_schema(out["dim"]),
+        "centres",
+        task.key,
+    )
+    store.mark_done(task.video, task.key, faces_in=out["faces_in"], faces_kept=out["assignments"].num_rows)
+    return {}
 
 
-def getattr_schema(name: str) -> pa.Schema:
-    """The schema of a clean output table by name."""
-    return {"assignments": ASSIGNMENTS, "sequences": SEQUENCES, "removals": REMOVALS}[name]
+RERUNS = pa.schema(
+    [
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("threshold", pa.float64()),
+        pa.field("detail", pa.string()),
+    ]
+)
+"""``RUN/clean/_reruns.parquet``: the rerun copies found over the whole run, one row per sequence."""
 
 
 # ---------------------------------------------------------------- step 2: rerun index
@@ -385,7 +357,7 @@ def find_reruns(centres: pa.Table, faces: dict[str, np.ndarray], cfg: CleanConfi
     """Rerun copies among sequences: FAISS k-NN over centres above ``rerun_threshold``, confirmed when
     ``rerun_min_share`` of the shorter sequence's faces have a match above ``rerun_face_threshold``.
     In each group of copies the first airing is kept (the earliest sequence of the first video in id
-    order: within a video, the original before its reruns); the others are returned as removal rows."""
+    order: within a video, the original before its reruns); the others are returned as RERUNS rows."""
     n = centres.num_rows
     if n < 2:
         return []
@@ -435,12 +407,8 @@ def find_reruns(centres: pa.Table, faces: dict[str, np.ndarray], cfg: CleanConfi
             share, centre_sim, _ = evidence[m]
             rows.append(
                 {
-                    "stage": STAGE,
-                    "scope": "sequence",
                     "video_id": videos[m],
                     "seq_id": ids[m],
-                    "face_id": None,
-                    "reason": "rerun",
                     "value": share,
                     "threshold": cfg.rerun_min_share,
                     "detail": f"copy of {ids[keep]} (centre similarity {centre_sim:.3f})",
@@ -463,57 +431,58 @@ def _faces_by_sequence(run: RunDir, shards: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def build_rerun_index(run: RunDir, cfg: CleanConfig, shards: list[str]) -> tuple[pa.Table, str]:
-    """Step 2: the rerun removals over every video's surviving sequences (reused while nothing changed)."""
+def build_rerun_index(run: RunDir, cfg: CleanConfig, videos: list[str]) -> tuple[pa.Table, str]:
+    """Step 2: the rerun copies among every video's surviving sequences (reused while nothing changed)."""
     store = local_store(run)
-    values = {
-        k: getattr(cfg, k)
-        for k in ("rerun_threshold", "rerun_face_threshold", "rerun_min_share", "rerun_neighbours")
-    }
-    values["shards"] = {s: store.marker(s).get("config_hash", "") for s in shards}
-    h = config_hash(values)
+    h = output_hash(cfg, part="reruns", videos={v: store.marker(v).get("config_hash", "") for v in videos})
     path = run.clean.root / RERUNS_FILE
     if path.is_file():
         try:
             if table_metadata(path)["config_hash"] == h:
-                return read_table(path, REMOVALS), h
+                return read_table(path, RERUNS), h
         except SeqbuildError:
             pass
-    tables = [read_table(store.table_path("centres", s)) for s in shards]
+    tables = [read_table(store.table_path("centres", v)) for v in videos]
     tables = [t for t in tables if t.num_rows]
-    if tables:
-        centres = pa.concat_tables(tables)
-        rows = find_reruns(centres, _faces_by_sequence(run, shards), cfg)
-    else:
-        rows = []
-    table = pa.Table.from_pylist(rows, schema=REMOVALS)
-    write_table(path, table, REMOVALS, "reruns", h)
+    rows = find_reruns(pa.concat_tables(tables), _faces_by_sequence(run, videos), cfg) if tables else []
+    table = pa.Table.from_pylist(rows, schema=RERUNS)
+    write_table(path, table, RERUNS, "reruns", h)
     return table, h
 
 
 # ---------------------------------------------------------------- step 3: filter
 
 
-def finish_video(run: RunDir, shard: str, reruns: pa.Table, h: str) -> dict[str, int]:
+def finish_video(run: RunDir, video: str, reruns: pa.Table, h: str) -> dict[str, int]:
     """Step 3 for one video: its step-1 survivors minus rerun copies, with every removal."""
     store = local_store(run)
-    assign = read_table(store.table_path("assignments", shard), ASSIGNMENTS)
-    seqs = read_table(store.table_path("sequences", shard), SEQUENCES)
-    removals = read_table(store.table_path("removals", shard), REMOVALS)
-    if assign.num_rows:
-        video_id = assign.column("video_id")[0].as_py()
-        mine = reruns.filter(pc.equal(reruns.column("video_id"), video_id))
-    else:
-        mine = reruns.slice(0, 0)
+    assign = read_table(store.table_path("assignments", video), ASSIGNMENTS)
+    seqs = read_table(store.table_path("sequences", video), SEQUENCES)
+    removals = read_table(store.table_path("removals", video), REMOVALS)
+    mine = reruns.filter(pc.is_in(reruns.column("seq_id"), value_set=seqs.column("seq_id")))
     gone = mine.column("seq_id")
+    copied = assign.filter(pc.is_in(assign.column("seq_id"), value_set=gone))
+    rerun_rows = []
+    for r in mine.to_pylist():
+        faces = copied.filter(pc.equal(copied.column("seq_id"), r["seq_id"])).column("face_id").to_pylist()
+        rerun_rows += removal_rows(
+            STAGE,
+            "rerun",
+            r["video_id"],
+            faces,
+            seq_id=r["seq_id"],
+            value=r["value"],
+            threshold=r["threshold"],
+            detail=r["detail"],
+        )
     assign = assign.filter(pc.invert(pc.is_in(assign.column("seq_id"), value_set=gone)))
     seqs = seqs.filter(pc.invert(pc.is_in(seqs.column("seq_id"), value_set=gone)))
-    removals = pa.concat_tables([removals, mine])
-    run.clean.clear(shard)
-    write_table(run.clean.table_path("assignments", shard), assign, ASSIGNMENTS, "assignments", h)
-    write_table(run.clean.table_path("sequences", shard), seqs, SEQUENCES, "sequences", h)
-    write_table(run.clean.table_path("removals", shard), removals, REMOVALS, "removals", h)
-    run.clean.mark_done(shard, h, faces=assign.num_rows, sequences=seqs.num_rows)
+    removals = pa.concat_tables([removals, pa.Table.from_pylist(rerun_rows, schema=REMOVALS)])
+    run.clean.clear(video)
+    write_table(run.clean.table_path("assignments", video), assign, ASSIGNMENTS, "assignments", h)
+    write_table(run.clean.table_path("sequences", video), seqs, SEQUENCES, "sequences", h)
+    write_table(run.clean.table_path("removals", video), removals, REMOVALS, "removals", h)
+    run.clean.mark_done(video, h, faces=assign.num_rows, sequences=seqs.num_rows, reruns=mine.num_rows)
     return {"faces": assign.num_rows, "sequences": seqs.num_rows, "reruns": mine.num_rows}
 
 
@@ -528,51 +497,39 @@ def _device(cfg: CleanConfig) -> str:
 
 def run_clean(
     run: str | Path, cfg: CleanConfig, executor: Executor | None = None, progress: bool = True
-) -> dict[str, Any]:
+) -> StageSummary:
     """Clean every embedded video of ``run``; with ``cfg.dry_run`` print what would be removed and write nothing."""
-    from tqdm import tqdm
-
     rundir = RunDir(run)
-    shards = rundir.require("embed", "clean").done_shards()
-    shards = [s for s in shards if rundir.track.is_done(s)]
+    videos = rundir.require("embed", "clean").done_shards()
+    videos = [v for v in videos if rundir.track.is_done(v)]
     if cfg.dry_run:
-        return dry_run(rundir, cfg, shards, progress)
+        return dry_run(rundir, cfg, videos, progress)
     device = _device(cfg)
-    summary: dict[str, Any] = {"videos": len(shards), "done": 0, "skipped": 0, "failed": 0, "errors": []}
+    summary = StageSummary("clean", videos=len(videos))
     store = local_store(rundir)
     tasks = []
-    for shard in shards:
-        h = local_hash(rundir, cfg, shard)
-        if not store.is_done(shard, h):
-            store.clear(shard)
-            tasks.append(CleanTask(str(run), shard, cfg, h, device))
-    executor = executor or LocalExecutor(cfg.workers)
-    bar = tqdm(total=len(tasks), desc="clean", unit="video", disable=not progress)
-    failed = set()
-    for task, result in executor.map(clean_video_task, tasks):
-        bar.update(1)
-        if "error" in result:
-            failed.add(task.shard)
-            summary["errors"].append(f"{task.shard}: {result['error']}")
-            log.error("clean %s: %s", task.shard, result["error"])
-    bar.close()
-    summary["failed"] = len(failed)
-    ready = [s for s in shards if s not in failed and store.is_done(s)]
+    for video in videos:
+        h = local_hash(rundir, cfg, video)
+        if not store.is_done(video, h):
+            store.clear(video)
+            tasks.append(VideoTask(str(rundir.root), video, h, cfg, {"device": device}))
+    # Step 1 is counted by the driver; step 3 below is bookkeeping over its outputs.
+    drive(summary, tasks, clean_video_task, executor, cfg.workers, progress)
+    summary.done = 0
+    failed = {f["video"] for f in summary.failures}
+    ready = [v for v in videos if v not in failed and store.is_done(v)]
     reruns, rerun_hash = build_rerun_index(rundir, cfg, ready)
-    summary["reruns"] = reruns.num_rows
-    summary.update({"faces": 0, "sequences": 0})
-    for shard in ready:
-        h = config_hash({"local": store.marker(shard).get("config_hash", ""), "reruns": rerun_hash})
-        if rundir.clean.is_done(shard, h):
-            summary["skipped"] += 1
-            info = rundir.clean.marker(shard)
+    for video in ready:
+        h = config_hash({"local": store.marker(video).get("config_hash", ""), "reruns": rerun_hash})
+        if rundir.clean.is_done(video, h):
+            summary.skipped += 1
+            info = rundir.clean.marker(video)
         else:
-            info = finish_video(rundir, shard, reruns, h)
-            summary["done"] += 1
-        summary["faces"] += int(info.get("faces", 0))
-        summary["sequences"] += int(info.get("sequences", 0))
+            info = finish_video(rundir, video, reruns, h)
+            summary.done += 1
+        summary.add({k: int(info.get(k, 0)) for k in ("faces", "sequences", "reruns")})
     removals = rundir.clean.read("removals", REMOVALS, ready)
-    summary["removed"] = (
+    summary.details["removed_faces"] = (
         {d["values"]: d["counts"] for d in pc.value_counts(removals.column("reason")).to_pylist()}
         if removals.num_rows
         else {}
@@ -580,7 +537,7 @@ def run_clean(
     return summary
 
 
-def dry_run(run: RunDir, cfg: CleanConfig, shards: list[str], progress: bool = True) -> dict[str, Any]:
+def dry_run(run: RunDir, cfg: CleanConfig, shards: list[str], progress: bool = True) -> StageSummary:
     """Compute everything in memory, print the similarity histograms and what each threshold would
     remove (also at nearby thresholds), and write nothing."""
     import click
@@ -633,13 +590,22 @@ def dry_run(run: RunDir, cfg: CleanConfig, shards: list[str], progress: bool = T
         f"\nsimilarity of each sequence centre to its nearest other centre (rerun candidates above {cfg.rerun_threshold}):"
     )
     echo(filters.histogram(nn))
-    counts = (
-        {d["values"]: d["counts"] for d in pc.value_counts(all_removals.column("reason")).to_pylist()}
-        if all_removals.num_rows
-        else {}
-    )
-    counts["rerun"] = len(rerun_rows)
+    faces_by: dict[str, int] = {}
+    seqs_by: dict[str, set] = {}
+    for r in all_removals.select(["reason", "scope", "seq_id"]).to_pylist():
+        faces_by[r["reason"]] = faces_by.get(r["reason"], 0) + 1
+        if r["scope"] == "sequence":
+            seqs_by.setdefault(r["reason"], set()).add(r["seq_id"])
+    if rerun_rows:
+        faces_by["rerun"] = sum(len(faces[r["seq_id"]]) for r in rerun_rows)
+        seqs_by["rerun"] = {r["seq_id"] for r in rerun_rows}
+    counts = {
+        reason: {"faces": n, "sequences": len(seqs_by.get(reason, ()))} for reason, n in faces_by.items()
+    }
     echo("\nwith the current thresholds:")
     for reason, c in sorted(counts.items()):
-        echo(f"  {reason}: {c}")
-    return {"videos": len(shards), "faces": faces_in, "dry_run": True, "would_remove": counts}
+        whole = f" ({c['sequences']} whole sequences)" if c["sequences"] else ""
+        echo(f"  {reason}: {c['faces']} faces{whole}")
+    summary = StageSummary("clean", videos=len(shards), counts={"faces": faces_in})
+    summary.details.update(dry_run=True, would_remove=counts)
+    return summary

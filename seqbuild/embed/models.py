@@ -45,12 +45,21 @@ FACENET_SAME_IDENTITY = 0.56
 SEQFACE_SAME_IDENTITY = 0.35
 
 
+ALIGNMENT = "sphereface144"
+"""The crop every embedder here reads: ingest's 144x144 crop aligned to the SphereFace 5-point template."""
+
+
 class Embedder:
     """Maps aligned 144x144 RGB uint8 crops to (n, dim) float32 L2-normalised embeddings."""
 
     name: str = ""
     dim: int = 0
     same_identity_threshold: float = 0.5
+    weights_digest: str = ""
+    """Content hash of the weights (not their file name: two different ``last.pt`` files differ here)."""
+    input_spec: str = ""
+    """How crops are scaled and standardised before the network (e.g. ``fixed-160``)."""
+    alignment: str = ALIGNMENT
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         """Embeddings of ``crops`` (144x144x3 RGB uint8 aligned crops), one L2-normalised row each."""
@@ -62,6 +71,37 @@ def create_embedder(
 ) -> Embedder:
     """The embedder registered as ``name``."""
     return EMBEDDERS.create(name, weights=weights, device=device, **kwargs)
+
+
+def model_id(embedder: Embedder) -> str:
+    """``name@weights-digest/input/alignment``: everything that must match for two vectors to be comparable.
+
+    Written with every embedding and gallery, and compared whole: the same network with other weights,
+    another input standardisation or another face alignment gives vectors that must not be mixed.
+    """
+    return f"{embedder.name}@{embedder.weights_digest or 'none'}/{embedder.input_spec or 'none'}/{embedder.alignment}"
+
+
+def model_name(model: str) -> str:
+    """The registry name in a model id (``facenet`` of ``facenet@1a2b/fixed-160/sphereface144``)."""
+    return model.split("@", 1)[0].split(":", 1)[0]
+
+
+def state_digest(module: Any) -> str:
+    """A content hash of a torch module's parameters and buffers (names, shapes and float32 values)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=8)
+    for key, value in sorted(module.state_dict().items()):
+        if not torch.is_tensor(value):
+            continue
+        t = value.detach().to("cpu")
+        t = t.float() if t.is_floating_point() else t
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -131,6 +171,8 @@ class TorchEmbedder(Embedder):
         self.batch_size = int(batch_size) if batch_size > 0 else default_batch_size(device)
         self.normalisation = normalisation
         self.half = device.startswith("cuda")
+        self.weights_digest = state_digest(model)
+        self.input_spec = f"{normalisation}-{self.input_size}"
         model = model.eval().to(device)
         self.model = model.half() if self.half else model
         self._torch = torch
@@ -259,6 +301,7 @@ class SeqFaceEmbedder(TorchEmbedder):
         self.input_size = self.crop_size
         # SeqFace models are trained on (x - 127.5) / 128 of the centre crop, never on prewhitened crops.
         super().__init__(model, dev, batch_size, "fixed")
+        self.input_spec = f"fixed-centre{self.crop_size}"
         torch = self._torch
         with torch.inference_mode():  # the embedding size is whatever the trained backbone outputs
             x = torch.zeros((1, 3, self.crop_size, self.crop_size), device=dev)

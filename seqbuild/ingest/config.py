@@ -11,9 +11,11 @@ from ..config import option
 class IngestConfig:
     """Options of `seqbuild ingest`."""
 
-    inputs: list[str] = option([], "video files, folders of videos, .txt lists of paths/URLs, or stream URLs")
+    inputs: list[str] = option(
+        [], "video files, folders of videos, .txt lists of paths/URLs, or stream URLs", affects_output=False
+    )
     detector: str = option("mtcnn", "face detector, by registry name")
-    device: str = option("auto", "auto | cpu | cuda | cuda:N", choices=None)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", choices=None, affects_output=False)
     # 8 frames is 0.27-0.32 s at broadcast rates (25-30 fps): short enough for a constant-velocity
     # tracker to bridge and for any person on screen for 2 s to be seen several times (each shot's first
     # frame is always searched as well); sparse enough that 720p broadcast ingests at 3.8x real time on
@@ -32,7 +34,7 @@ class IngestConfig:
     max_side: int = option(
         1280, "frames larger than this (longest side) are downscaled before detection", min=64
     )
-    batch_size: int = option(16, "frames per detector batch", min=1)
+    batch_size: int = option(16, "frames per detector batch", min=1, affects_output=False)
     crop_size: int = option(144, "side of the aligned square crop", min=32)
     jpeg_quality: int = option(95, "JPEG quality of stored crops", min=10, max=100)
     shot_detector: str = option("transitions", "shot transition detector, by registry name")
@@ -48,15 +50,19 @@ class IngestConfig:
     max_transition: int = option(
         48, "longest dissolve or fade half found, in frames (1.9 s at 25 fps)", min=8, max=400
     )
-    workers: int = option(1, "videos processed in parallel", min=1)
+    workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
     # MTCNN's small convolutions gain little from intra-op threads: one torch thread per worker used
     # 30-40 ms of CPU per 720p frame here against 90-110 ms with two (spinning, contended threads),
     # and decoding already runs in its own thread beside the detector.
-    threads: int = option(1, "torch CPU threads per worker for detection (0 = torch's default)", min=0)
-    retry_failed: bool = option(False, "re-run only the sources that failed before")
+    threads: int = option(
+        1, "torch CPU threads per worker for detection (0 = torch's default)", min=0, affects_output=False
+    )
+    retry_failed: bool = option(False, "re-run only the sources that failed before", affects_output=False)
     duration: float = option(
         0.0, "live streams: stop after this many seconds (0 = until the stream ends)", min=0.0
     )
     segment_seconds: float = option(60.0, "live streams: commit a segment every this many seconds", min=1.0)
-    reconnect_attempts: int = option(5, "live streams: reconnections tried after a drop", min=0)
-    timeout: float = option(10.0, "network timeout in seconds for URLs", min=0.1)
+    reconnect_attempts: int = option(
+        5, "live streams: reconnections tried after a drop", min=0, affects_output=False
+    )
+    timeout: float = option(10.0, "network timeout in seconds for URLs", min=0.1, affects_output=False)

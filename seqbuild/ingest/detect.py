@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..config import default_of
 from ..devices import resolve_device
 from ..registry import Registry
 
@@ -68,15 +69,22 @@ class MTCNNDetector(FaceDetector):
     def __init__(
         self,
         device: str = "auto",
-        min_face: int = 60,
-        threshold: float = 0.95,
-        max_side: int = 1280,
+        min_face: int | None = None,
+        threshold: float | None = None,
+        max_side: int | None = None,
         stage_thresholds: tuple[float, float] = (0.6, 0.7),
         factor: float = 0.709,
-        batch_size: int = 16,
+        batch_size: int | None = None,
     ) -> None:
         import torch
         from facenet_pytorch import MTCNN
+
+        from .config import IngestConfig
+
+        min_face = default_of(IngestConfig, "min_face") if min_face is None else min_face
+        threshold = default_of(IngestConfig, "threshold") if threshold is None else threshold
+        max_side = default_of(IngestConfig, "max_side") if max_side is None else max_side
+        batch_size = default_of(IngestConfig, "batch_size") if batch_size is None else batch_size
 
         self.device = resolve_device(device)
         self.min_face = int(min_face)
@@ -160,15 +168,6 @@ class MTCNNDetector(FaceDetector):
         return result
 
 
-def create_detector(
-    name: str = "mtcnn",
-    device: str = "auto",
-    min_face: int = 60,
-    threshold: float = 0.95,
-    max_side: int = 1280,
-    **kwargs,
-) -> FaceDetector:
-    """The face detector registered as ``name`` (device ``auto`` means CUDA when present)."""
-    return DETECTORS.create(
-        name, device=device, min_face=min_face, threshold=threshold, max_side=max_side, **kwargs
-    )
+def create_detector(name: str = "mtcnn", **kwargs) -> FaceDetector:
+    """The face detector registered as ``name``; options not given take ingest's defaults (IngestConfig)."""
+    return DETECTORS.create(name, **kwargs)

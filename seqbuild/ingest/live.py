@@ -24,6 +24,33 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
 
 
+def finite_source(url: str, timeout: float = 10.0) -> bool:
+    """True when ``url`` serves something of known length that ends: an HTTP(S) file whose response
+    carries a Content-Length (not chunked), or an HLS playlist that carries ``#EXT-X-ENDLIST``.
+
+    Anything else (RTSP, UDP, a live HTTP feed, a server that answers nothing useful) counts as a live
+    stream, read until ``duration`` or until it stops for good.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        return False
+    try:
+        if parsed.path.lower().endswith(".m3u8"):
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return b"#EXT-X-ENDLIST" in resp.read(1 << 20)
+        request = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            chunked = "chunked" in (resp.headers.get("Transfer-Encoding") or "").lower()
+            return resp.status == 200 and bool(length) and int(length) > 0 and not chunked
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def _next_segment_number(store: ShardStore, stream_id: str) -> int:
     """Segments of an earlier, interrupted read of the same stream keep their numbers."""
     done = [s for s in store.done_shards() if s.startswith(f"{stream_id}-p")]
@@ -38,7 +65,10 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
     from .stage import ShardBuilder, _summary, failed_row, segment_id, write_video_row
 
     t0 = time.perf_counter()
-    stream_id = task.video_id
+    stream_id = task.video
+    finite = finite_source(task.params["source"], cfg.timeout)
+    if finite:
+        log.info("%s: a file of known length: read to its end once", task.params["source"])
     seg_no = _next_segment_number(store, stream_id)
     builder: ShardBuilder | None = None
     seg_start_pts: float | None = None
@@ -83,7 +113,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
     try:
         while not done:
             try:
-                container = open_container(task.source, cfg.timeout)
+                container = open_container(task.params["source"], cfg.timeout)
             except InputError as exc:
                 if first_error is None:
                     first_error = str(exc)
@@ -104,11 +134,13 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                 connection_first_pts: float | None = None
                 try:
                     for frame in iter_frames(container):
+                        if finite and last_pts is not None and frame.pts <= last_pts:
+                            continue  # a file read again after a drop: skip what was read before
                         pts = frame.pts + offset
                         if first_of_connection:
                             first_of_connection = False
                             if last_pts is not None:
-                                if pts <= last_pts:
+                                if pts <= last_pts and not finite:
                                     # The clock restarted with the new connection: keep pts rising.
                                     offset += last_pts - pts + (1.0 / fps if fps else 0.04)
                                     pts = frame.pts + offset
@@ -116,7 +148,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                                 gaps.append((last_pts, waited))
                                 log.warning(
                                     "%s: reconnected after %.1f s; stream time jumped %.2f s",
-                                    task.source,
+                                    task.params["source"],
                                     waited,
                                     pts - last_pts,
                                 )
@@ -135,7 +167,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                             seg_start_pts = pts
                         if builder is None:
                             builder = ShardBuilder(
-                                segment_id(stream_id, seg_no), task.source, cfg, store, task.config_hash
+                                segment_id(stream_id, seg_no), task.params["source"], cfg, store, task.key
                             )
                             seg_index = 0
                         builder.feed(frame, seg_index)
@@ -146,7 +178,7 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                             break
                     # A source with a known length (a file served over HTTP, a finished recording) that
                     # was read to its end is over: reconnecting would only read it again.
-                    if (
+                    if finite or (
                         info.duration
                         and connection_first_pts is not None
                         and last_pts is not None
@@ -154,7 +186,9 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                     ):
                         done = True
                 except (av.error.FFmpegError, OSError) as exc:
-                    log.warning("%s: stream read failed at %.2f s: %s", task.source, last_pts or 0.0, exc)
+                    log.warning(
+                        "%s: stream read failed at %.2f s: %s", task.params["source"], last_pts or 0.0, exc
+                    )
             finally:
                 container.close()
             if done:
@@ -164,7 +198,10 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
                 break
             drop_wall = time.monotonic()
             log.warning(
-                "%s: stream stopped at %.2f s; reconnecting in %.1f s", task.source, last_pts or 0.0, backoff
+                "%s: stream stopped at %.2f s; reconnecting in %.1f s",
+                task.params["source"],
+                last_pts or 0.0,
+                backoff,
             )
             attempts_left -= 1
             time.sleep(backoff)
@@ -177,14 +214,18 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
     wall = time.perf_counter() - t0
     if not segments:
         row = failed_row(
-            stream_id, task.source, "stream", first_error or f"{task.source}: no video frames received", wall
+            stream_id,
+            task.params["source"],
+            "stream",
+            first_error or f"{task.params['source']}: no video frames received",
+            wall,
         )
         store.clear(stream_id)
-        write_video_row(store, row, task.config_hash)
+        write_video_row(store, row, task.key)
         return _summary(row, gaps=gaps)
     row = {
         "video_id": stream_id,
-        "source": task.source,
+        "source": task.params["source"],
         "kind": "stream",
         "parent_id": None,
         "status": "ok",
@@ -199,5 +240,5 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
         "wall_seconds": wall,
     }
     store.clear(stream_id)
-    write_video_row(store, row, task.config_hash)
+    write_video_row(store, row, task.key)
     return _summary(row, gaps=gaps, segments=segments)

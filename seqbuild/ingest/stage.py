@@ -9,7 +9,6 @@ A source that cannot be read gives a ``failed`` videos row with a one-line error
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -18,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import build, config_hash
+from ..config import output_hash
+from ..driver import StageSummary, VideoTask, drive, process_cached
 from ..errors import InputError
+from ..executors import Executor
 from ..imaging import encode_jpeg
 from ..layout import RunDir
-from ..pipeline.executors import Executor, LocalExecutor
-from ..schema import DETECTIONS, SCHEMA_VERSION, SHOTS, VIDEOS
+from ..schema import DETECTIONS, REMOVALS, SCHEMA_VERSION, SHOTS, VIDEOS
 from ..storage import META_CONFIG, META_TABLE, META_VERSION, ShardStore, check_schema, write_table
 from .align import align_face, face_quality
 from .config import IngestConfig
@@ -44,18 +43,6 @@ VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .ts .m2ts .mts .mpg .mpeg .flv .wmv .3gp .ogv .vob .mxf".split()
 )
 """File extensions picked up when a folder is given as input."""
-
-HASH_IGNORES = (
-    "inputs",
-    "workers",
-    "threads",
-    "retry_failed",
-    "device",
-    "batch_size",
-    "reconnect_attempts",
-    "timeout",
-)
-"""Config keys that do not change what ingest writes (a changed device only moves floats in the last bits)."""
 
 DETECTION_FLUSH_ROWS = 1024
 """Detections buffered before they are appended to the shard's Parquet file (bounds memory per video)."""
@@ -116,39 +103,26 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     return out
 
 
-@dataclass
-class IngestTask:
-    """One unit of work for the executor: a source, where to write, and the config (as a dict)."""
-
-    source: str
-    video_id: str
-    run: str
-    cfg: dict[str, Any]
-    config_hash: str
-    progress: bool = False
-
-
 # ---------------------------------------------------------------------------------------------------
 # Per-process detector cache: the model is built inside the worker, once per process and config.
-
-_DETECTOR_CACHE: dict[tuple, Any] = {}
 
 
 def cached_detector(cfg: IngestConfig) -> Any:
     """The face detector for ``cfg``, built once per process (workers never receive a model by pickle)."""
     from .detect import create_detector
 
-    key = (cfg.detector, cfg.device, cfg.min_face, cfg.threshold, cfg.max_side, cfg.batch_size)
-    if key not in _DETECTOR_CACHE:
-        _DETECTOR_CACHE[key] = create_detector(
+    key = ("detector", cfg.detector, cfg.device, cfg.min_face, cfg.threshold, cfg.max_side, cfg.batch_size)
+    return process_cached(
+        key,
+        lambda: create_detector(
             cfg.detector,
             device=cfg.device,
             min_face=cfg.min_face,
             threshold=cfg.threshold,
             max_side=cfg.max_side,
             batch_size=cfg.batch_size,
-        )
-    return _DETECTOR_CACHE[key]
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,6 +329,15 @@ class ShardBuilder:
             "shots",
             self.cfg_hash,
         )
+        # No face is detected in a dissolve's blended frames (they never reach the face detector), so
+        # ingest removes none; the table is written so that "none" is explicit.
+        write_table(
+            self.store.table_path("removals", self.video_id),
+            REMOVALS.empty_table(),
+            REMOVALS,
+            "removals",
+            self.cfg_hash,
+        )
         row = {
             "video_id": self.video_id,
             "source": self.source,
@@ -378,7 +361,7 @@ class ShardBuilder:
 def write_video_row(
     store: ShardStore, row: dict[str, Any], cfg_hash: str, write_empty_faces: bool = True
 ) -> None:
-    """Write a shard's videos row (plus empty shots/detections when asked) and mark the shard done."""
+    """Write a shard's videos row (plus empty shots/detections/removals when asked) and mark the shard done."""
     full = {f.name: row.get(f.name) for f in VIDEOS}
     vid = full["video_id"]
     if write_empty_faces:
@@ -386,6 +369,7 @@ def write_video_row(
             store.table_path("detections", vid), DETECTIONS.empty_table(), DETECTIONS, "detections", cfg_hash
         )
         write_table(store.table_path("shots", vid), SHOTS.empty_table(), SHOTS, "shots", cfg_hash)
+        write_table(store.table_path("removals", vid), REMOVALS.empty_table(), REMOVALS, "removals", cfg_hash)
     write_table(
         store.table_path("videos", vid),
         pa.Table.from_pylist([full], schema=VIDEOS),
@@ -415,11 +399,11 @@ def failed_row(
 # Per-source work (top-level and picklable: executors, including Ray, call it unchanged)
 
 
-def ingest_source(task: IngestTask) -> dict[str, Any]:
-    """Ingest one source into its shard(s) and return a small summary (never raises for bad input)."""
+def ingest_source(task: VideoTask) -> dict[str, Any]:
+    """Ingest one source into its shard(s); counts, and ``error`` when it could not be read whole."""
     import torch
 
-    cfg = build(IngestConfig, task.cfg)
+    cfg = task.cfg
     store = RunDir(task.run).ingest
     threads_before = torch.get_num_threads()
     if cfg.threads:
@@ -427,13 +411,25 @@ def ingest_source(task: IngestTask) -> dict[str, Any]:
     elif cfg.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     try:
-        if is_url(task.source):
+        if is_url(task.params["source"]):
             from .live import ingest_stream
 
-            return ingest_stream(task, cfg, store)
-        return ingest_file(task, cfg, store)
+            result = ingest_stream(task, cfg, store)
+        else:
+            result = ingest_file(task, cfg, store)
     finally:
         torch.set_num_threads(threads_before)
+    for gap in result.get("gaps", []):
+        log.warning("%s: stream dropped at %.2f s, reconnected after %.1f s", task.params["source"], *gap)
+    counts = {
+        "ok": int(result["status"] == "ok"),
+        "frames": result["frames"],
+        "faces": result["faces"],
+        "video_seconds": result["duration"],
+    }
+    if result["status"] != "ok":
+        counts["error"] = result["error"] or f"{task.params['source']}: {result['status']}"
+    return counts
 
 
 _END = object()
@@ -483,22 +479,23 @@ def _scan_ahead(container: Any, builder: ShardBuilder, depth: int) -> Iterator[t
         thread.join()
 
 
-def ingest_file(task: IngestTask, cfg: IngestConfig, store: ShardStore) -> dict[str, Any]:
+def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[str, Any]:
     """Ingest a video file into one shard."""
     import av
 
+    source = task.params["source"]
     t0 = time.perf_counter()
     try:
-        container = open_container(task.source, cfg.timeout)
+        container = open_container(source, cfg.timeout)
     except InputError as exc:
-        row = failed_row(task.video_id, task.source, "file", str(exc), time.perf_counter() - t0)
-        store.clear(task.video_id)
-        write_video_row(store, row, task.config_hash)
+        row = failed_row(task.video, source, "file", str(exc), time.perf_counter() - t0)
+        store.clear(task.video)
+        write_video_row(store, row, task.key)
         return _summary(row)
     builder = None
     try:
         info = video_info(container)
-        builder = ShardBuilder(task.video_id, task.source, cfg, store, task.config_hash)
+        builder = ShardBuilder(task.video, source, cfg, store, task.key)
         status, error = "ok", None
         bar = _frame_bar(task, info.frames)
         try:
@@ -512,7 +509,7 @@ def ingest_file(task: IngestTask, cfg: IngestConfig, store: ShardStore) -> dict[
             where = f"at frame {builder.frames_read}" + (
                 f" ({builder.last_pts:.2f} s)" if builder.last_pts is not None else ""
             )
-            error = f"{task.source}: decoding failed {where}: {exc} (truncated or corrupt video?)"
+            error = f"{source}: decoding failed {where}: {exc} (truncated or corrupt video?)"
         finally:
             if bar is not None:
                 bar.close()
@@ -520,14 +517,14 @@ def ingest_file(task: IngestTask, cfg: IngestConfig, store: ShardStore) -> dict[
             if builder.frames_read == 0:
                 status, error = (
                     "failed",
-                    f"{task.source}: no decodable video frames (corrupt or not a video?)",
+                    f"{source}: no decodable video frames (corrupt or not a video?)",
                 )
             elif info.duration and builder.last_pts is not None and info.frames:
                 expected = info.frames
                 if builder.frames_read < 0.95 * expected - 2:
                     status = "partial"
                     error = (
-                        f"{task.source}: decoded {builder.frames_read} of the {expected} frames its header "
+                        f"{source}: decoded {builder.frames_read} of the {expected} frames its header "
                         f"announces (truncated video?)"
                     )
         read = 0.0 if builder.first_pts is None else builder.last_pts - builder.first_pts + _period(info.fps)
@@ -555,12 +552,13 @@ def _period(fps: float | None) -> float:
     return 1.0 / fps if fps else 0.0
 
 
-def _frame_bar(task: IngestTask, total: int | None):
-    if not task.progress:
+def _frame_bar(task: VideoTask, total: int | None):
+    if not task.params.get("progress"):
         return None
     from tqdm.auto import tqdm
 
-    name = Path(task.source).name if not is_url(task.source) else task.source
+    source = task.params["source"]
+    name = Path(source).name if not is_url(source) else source
     return tqdm(total=total, desc=name[:40], unit="frame", leave=False, position=1, dynamic_ncols=True)
 
 
@@ -584,82 +582,50 @@ def _summary(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def ingest_hash(cfg: IngestConfig) -> str:
     """Hash of the options that change ingest's output (recorded in every table and marker)."""
-    return config_hash(cfg, ignore=HASH_IGNORES)
+    return output_hash(cfg)
 
 
-def plan(run: str | Path, cfg: IngestConfig, sources: list[str]) -> tuple[list[str], list[str]]:
-    """Split sources into (to do, skipped): done ones with the same config are skipped, failed ones too
-    unless ``retry_failed``."""
+def plan(run: str | Path, cfg: IngestConfig, sources: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Split sources into (to do, skipped, failed earlier): done ones with the same config are skipped;
+    ones that failed before are redone only with ``retry_failed``."""
     store = RunDir(run).ingest
     key = ingest_hash(cfg)
-    todo, skipped = [], []
+    todo, skipped, failed_before = [], [], []
     for source in sources:
         vid = source_id(source)
         marker = store.marker(vid) if store.is_done(vid, key) else None
         if marker is None:
             todo.append(source)
-        elif marker.get("status", "ok") != "ok" and cfg.retry_failed:
-            todo.append(source)
+        elif marker.get("status", "ok") != "ok":
+            (todo if cfg.retry_failed else failed_before).append(source)
         else:
             skipped.append(source)
-    return todo, skipped
+    return todo, skipped, failed_before
 
 
 def run_ingest(
     run: str | Path, cfg: IngestConfig, executor: Executor | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Ingest ``cfg.inputs`` into ``run``; resumable. Returns counts, and the failures with their errors."""
+) -> StageSummary:
+    """Ingest ``cfg.inputs`` into ``run``; resumable. Sources that failed in an earlier run and were not
+    retried count as failures again, with their recorded error."""
     t0 = time.perf_counter()
     sources = expand_inputs(cfg.inputs)
     if not sources:
         raise InputError("no inputs given (video files, folders, .txt lists or stream URLs)")
-    todo, skipped = plan(run, cfg, sources)
+    todo, skipped, failed_before = plan(run, cfg, sources)
     key = ingest_hash(cfg)
-    cfg_dict = dataclasses.asdict(cfg)
-    tasks = [
-        IngestTask(
-            source=s, video_id=source_id(s), run=str(run), cfg=cfg_dict, config_hash=key, progress=progress
-        )
-        for s in todo
-    ]
+    store = RunDir(run).ingest
+    summary = StageSummary("ingest", videos=len(sources), skipped=len(skipped))
+    for source in failed_before:
+        error = store.marker(source_id(source)).get("error") or f"{source}: failed"
+        summary.fail(source_id(source), f"{error} (failed in an earlier run; --retry-failed tries it again)")
     if skipped:
         log.info("ingest: %d source(s) already done with this config, skipped", len(skipped))
-    executor = executor or LocalExecutor(cfg.workers)
-    bar = None
-    if progress and tasks:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tasks), desc="ingest", unit="video", position=0, dynamic_ncols=True)
-    results = []
-    try:
-        for task, result in executor.map(ingest_source, tasks):
-            results.append(result)
-            if result["status"] != "ok":
-                log.error("%s", result["error"] or f"{task.source}: {result['status']}")
-            for gap in result.get("gaps", []):
-                log.warning("%s: stream dropped at %.2f s, reconnected after %.1f s", task.source, *gap)
-            if bar is not None:
-                bar.update(1)
-                fps = sum(r["frames"] for r in results) / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(frames_per_s=f"{fps:.1f}")
-    finally:
-        if bar is not None:
-            bar.close()
-    failed = [r for r in results if r["status"] != "ok"]
+    tasks = [VideoTask(str(run), source_id(s), key, cfg, {"source": s, "progress": progress}) for s in todo]
+    drive(summary, tasks, ingest_source, executor, cfg.workers, progress)
     wall = time.perf_counter() - t0
-    frames = sum(r["frames"] for r in results)
-    seconds = sum(r["duration"] for r in results)
-    return {
-        "sources": len(sources),
-        "processed": len(results),
-        "skipped": len(skipped),
-        "ok": len(results) - len(failed),
-        "failed": len(failed),
-        "frames": frames,
-        "faces": sum(r["faces"] for r in results),
-        "video_seconds": round(seconds, 3),
-        "wall_seconds": round(wall, 3),
-        "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
-        "realtime_factor": round(seconds / wall, 3) if wall > 0 else 0.0,
-        "failures": [{"source": r["source"], "status": r["status"], "error": r["error"]} for r in failed],
-    }
+    summary.counts["wall_seconds"] = round(wall, 3)
+    if wall > 0 and summary.counts.get("frames"):
+        summary.counts["frames_per_second"] = round(summary.counts["frames"] / wall, 2)
+        summary.counts["realtime_factor"] = round(summary.counts.get("video_seconds", 0.0) / wall, 3)
+    return summary

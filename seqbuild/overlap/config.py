@@ -33,7 +33,7 @@ class OverlapConfig:
         False,
         "also search every face: faces matching on their own are removed even if their sequence is kept",
     )
-    workers: int = option(1, "videos processed in parallel", min=1)
+    workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
     # Building galleries (`gallery build`, and galleries built on the fly): the same parts as the run.
     model: str = option(
         "", "embedder for built galleries; empty = the one RUN/embed used (facenet outside a run)"
@@ -44,7 +44,7 @@ class OverlapConfig:
         "facenet input standardisation of gallery photos (must match the run's embed stage)",
         choices=("fixed", "prewhiten"),
     )
-    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", affects_output=False)
     detector: str = option("mtcnn", "face detector for gallery photos, by registry name")
     min_face: int = option(40, "smallest face side (source pixels) looked for in gallery photos", min=12)
     det_threshold: float = option(
@@ -60,5 +60,7 @@ class OverlapConfig:
     prealigned: bool = option(
         False, "photos are already aligned face crops (insightface 112x112): resize instead of detecting"
     )
-    batch_size: int = option(32, "photos per detector/embedder batch", min=1)
-    chunk_size: int = option(20000, "images per gallery table part (bounded memory, resumable builds)", min=1)
+    batch_size: int = option(32, "photos per detector/embedder batch", min=1, affects_output=False)
+    chunk_size: int = option(
+        20000, "images per gallery table part (bounded memory, resumable builds)", min=1, affects_output=False
+    )

@@ -1,11 +1,7 @@
 """Reference galleries: per-image embeddings, per-identity centres and a FAISS index over the centres.
 
-A gallery is built from one of:
-
-* an image folder with one sub-folder per identity (LFW, MS-Celeb-1M, VGGFace2 layout);
-* insightface's RecordIO pair ``train.rec`` + ``train.idx`` (MS1M-ArcFace, MS1MV3, ...), read directly;
-* precomputed features: an ``.npy`` matrix plus an identity list (``.txt``, one per row), or a Parquet
-  file with ``identity`` and ``embedding`` columns (``image_id`` and ``source`` optional).
+A gallery is built from one of the sources of :mod:`seqbuild.overlap.sources` (an image folder with one
+sub-folder per identity, an insightface ``train.rec``, or precomputed features).
 
 Photos are detected and aligned exactly as ingest does (``create_detector`` + ``align_face``) and embedded
 with the same embedder as the run, since only embeddings of one model are comparable. Each image gets a
@@ -27,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,20 +31,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..config import config_hash
-from ..embed.stage import model_id
+from ..config import config_hash, default_of
+from ..embed.models import model_id, model_name
 from ..errors import InputError
+from ..ingest.config import IngestConfig
 from ..schema import gallery_identities_schema, gallery_images_schema
 from ..storage import read_table, table_metadata, write_json_atomic, write_table
 from .config import OverlapConfig
-from .recordio import RecordIOError, RecordIOReader
 from .search import build_index, group_centres, load_index, normalise, save_index
+from .sources import MANIFEST, GalleryItem, iter_source
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-MANIFEST = "manifest.json"
-GALLERY_FORMAT = 1
+GALLERY_FORMAT = 2
 
 CENTRE_THRESHOLDS: dict[str, float] = {"facenet": 0.45}
 """Default cosine threshold between a sequence centre and a gallery identity centre, per embedder.
@@ -71,169 +66,12 @@ _PAD_FRACTION = 0.25
 
 
 @dataclass
-class GalleryItem:
-    """One gallery image to embed (``read`` returns its encoded bytes) or one precomputed ``vector``."""
-
-    image_id: str
-    identity: str
-    source: str
-    read: Callable[[], bytes] | None = None
-    vector: np.ndarray | None = None
-
-
-@dataclass
 class ImageResult:
     """What became of one gallery image."""
 
     status: str
     error: str | None = None
     vector: np.ndarray | None = None
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def source_kind(src: str | os.PathLike[str]) -> str:
-    """``gallery``, ``folder``, ``rec``, ``npy`` or ``parquet`` for a gallery source (InputError otherwise)."""
-    path = Path(src)
-    if not path.exists():
-        raise InputError(f"{path}: gallery source not found")
-    if path.is_dir():
-        if (path / MANIFEST).exists():
-            return "gallery"
-        if (path / "train.rec").exists():
-            return "rec"
-        if any(p.is_dir() for p in path.iterdir()):
-            return "folder"
-        raise InputError(
-            f"{path}: not a gallery, a train.rec folder, or an image folder with one sub-folder per identity"
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".rec":
-        return "rec"
-    if suffix == ".npy":
-        return "npy"
-    if suffix == ".parquet":
-        return "parquet"
-    raise InputError(f"{path}: unknown gallery source (expected a folder, .rec, .npy or .parquet)")
-
-
-def _read_file(path: Path) -> Callable[[], bytes]:
-    return lambda: path.read_bytes()
-
-
-def iter_image_folder(root: str | os.PathLike[str]) -> Iterator[GalleryItem]:
-    """Images of ``ROOT/<identity>/*`` in sorted order (files at the top level are not identities)."""
-    root = Path(root)
-    for identity_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(identity_dir.rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-                rel = path.relative_to(root).as_posix()
-                yield GalleryItem(rel, identity_dir.name, str(path), read=_read_file(path))
-
-
-def _rec_paths(src: Path) -> tuple[Path, Path]:
-    rec = src / "train.rec" if src.is_dir() else src
-    idx = rec.with_suffix(".idx")
-    if not idx.exists():
-        raise InputError(f"{rec}: the index {idx.name} is missing beside it (needed to find the records)")
-    return rec, idx
-
-
-def iter_recordio(src: str | os.PathLike[str]) -> Iterator[GalleryItem]:
-    """Image records of an insightface ``train.rec`` (identity = the class label as a string)."""
-    rec, idx = _rec_paths(Path(src))
-    reader = RecordIOReader(rec, idx)
-    try:
-        keys = reader.image_keys()
-    except RecordIOError:
-        keys = reader.keys()  # a damaged header record: read every record and report the bad ones
-    for key in keys:
-        try:
-            header, image = reader.read_image(key)
-        except RecordIOError as exc:
-            err = str(exc)
-
-            def fail(err: str = err) -> bytes:
-                raise RecordIOError(err)
-
-            yield GalleryItem(f"rec:{key}", "?", f"rec:{key}", read=fail)
-            continue
-        if header.flag > 0 and not image:
-            continue  # a header or identity-range record, not an image
-        yield GalleryItem(f"rec:{key}", str(header.class_label), f"rec:{key}", read=lambda image=image: image)
-
-
-def iter_features_npy(
-    src: str | os.PathLike[str], identities: str | os.PathLike[str] | None = None
-) -> Iterator[GalleryItem]:
-    """Rows of an ``.npy`` feature matrix with identities from a text file (default: ``SRC`` with .txt)."""
-    src = Path(src)
-    ids_path = Path(identities) if identities else src.with_suffix(".txt")
-    if not ids_path.exists():
-        raise InputError(
-            f"{src}: identity list {ids_path} not found (one identity per line, one line per row)"
-        )
-    try:
-        feats = np.load(src, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{src}: not a readable .npy file ({exc})") from None
-    names = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
-    if feats.ndim != 2 or len(names) != len(feats):
-        raise InputError(f"{src}: {feats.shape} features but {len(names)} identities in {ids_path}")
-    for i, name in enumerate(names):
-        yield GalleryItem(f"row:{i}", name, f"{src.name}:{i}", vector=np.asarray(feats[i], dtype=np.float32))
-
-
-def iter_features_parquet(src: str | os.PathLike[str]) -> Iterator[GalleryItem]:
-    """Rows of a Parquet file with ``identity`` and ``embedding`` columns (``image_id``/``source`` optional)."""
-    import pyarrow.parquet as pq
-
-    src = Path(src)
-    try:
-        pf = pq.ParquetFile(src)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{src}: not a readable Parquet file ({exc})") from None
-    names = pf.schema_arrow.names
-    if "identity" not in names or "embedding" not in names:
-        raise InputError(f"{src}: features need 'identity' and 'embedding' columns (found {names})")
-    row = 0
-    for batch in pf.iter_batches(batch_size=8192):
-        data = batch.to_pydict()
-        for j in range(batch.num_rows):
-            image_id = str(data["image_id"][j]) if "image_id" in data else f"row:{row}"
-            source = str(data["source"][j]) if "source" in data else f"{src.name}:{row}"
-            vec = data["embedding"][j]
-            vec = np.asarray(vec if vec is not None else [], dtype=np.float32)
-            yield GalleryItem(image_id, str(data["identity"][j]), source, vector=vec)
-            row += 1
-
-
-def iter_source(
-    src: str | os.PathLike[str], identities: str | None = None
-) -> tuple[str, Iterator[GalleryItem]]:
-    """The kind of ``src`` and its items."""
-    kind = source_kind(src)
-    if kind == "gallery":
-        raise InputError(f"{src}: already a built gallery")
-    if kind == "folder":
-        return kind, iter_image_folder(src)
-    if kind == "rec":
-        return kind, iter_recordio(src)
-    if kind == "npy":
-        return kind, iter_features_npy(src, identities)
-    return kind, iter_features_parquet(src)
-
-
-def source_fingerprint(src: str | os.PathLike[str]) -> str:
-    """A hash of a source's files (names, sizes, modification times): changes when the source changes."""
-    path = Path(src).resolve()
-    h = hashlib.sha1(str(path).encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- photos -> embeddings
@@ -269,19 +107,26 @@ class PhotoEmbedder:
     """Detect, choose, align and embed gallery photos the way ingest + embed treat video frames."""
 
     def __init__(
-        self, embedder: Any, detector: Any | None, dominant_ratio: float = 2.0, prealigned: bool = False
+        self,
+        embedder: Any,
+        detector: Any | None,
+        dominant_ratio: float = 2.0,
+        prealigned: bool = False,
+        crop_size: int | None = None,
     ) -> None:
         self.embedder = embedder
         self.detector = detector
         self.dominant_ratio = dominant_ratio
         self.prealigned = prealigned
+        self.crop_size = int(crop_size or default_of(IngestConfig, "crop_size"))
 
     def crops(self, images: list[np.ndarray]) -> list[tuple[np.ndarray | None, str, str | None]]:
-        """One (aligned 144x144 crop or None, status, note) per RGB photo."""
+        """One (aligned crop of ``crop_size``, as ingest makes them, or None; status; note) per RGB photo."""
         import cv2
 
         if self.prealigned:
-            return [(cv2.resize(im, (144, 144), interpolation=cv2.INTER_AREA), "ok", None) for im in images]
+            size = (self.crop_size, self.crop_size)
+            return [(cv2.resize(im, size, interpolation=cv2.INTER_AREA), "ok", None) for im in images]
         from ..ingest.align import align_face
 
         padded = [_pad(im) for im in images]
@@ -289,7 +134,11 @@ class PhotoEmbedder:
         out = []
         for (image, _), faces in zip(padded, detections, strict=True):
             index, status, note = choose_face(faces, self.dominant_ratio)
-            crop = None if index is None else align_face(image, np.asarray(faces[index].landmarks), size=144)
+            crop = (
+                None
+                if index is None
+                else align_face(image, np.asarray(faces[index].landmarks), size=self.crop_size)
+            )
             out.append((crop, status, note))
         return out
 
@@ -356,18 +205,14 @@ def embed_items(
 
 
 def same_model(a: str, b: str) -> bool:
-    """True when two model ids name the same embedder, standardisation and (where both say) weights."""
-    name_a, _, rest_a = a.partition(":")
-    name_b, _, rest_b = b.partition(":")
-    weights_a, _, norm_a = rest_a.partition(":")
-    weights_b, _, norm_b = rest_b.partition(":")
-    same_weights = not weights_a or not weights_b or weights_a == weights_b
-    return name_a == name_b and norm_a == norm_b and same_weights
+    """True when two model ids (:func:`seqbuild.embed.models.model_id`) name the same weights, input and
+    alignment: only then are their vectors comparable."""
+    return a == b
 
 
 def default_threshold(model: str, embedder: Any | None = None) -> float:
     """The default centre-to-centre threshold of an embedder (see :data:`CENTRE_THRESHOLDS`)."""
-    name = model.partition(":")[0]
+    name = model_name(model)
     if name in CENTRE_THRESHOLDS:
         return CENTRE_THRESHOLDS[name]
     if embedder is not None and getattr(embedder, "same_identity_threshold", None) is not None:
@@ -429,6 +274,7 @@ def build_gallery(
     embedder: Any | None = None,
     detector: Any | None = None,
     progress: bool = True,
+    crop_size: int | None = None,
 ) -> dict[str, Any]:
     """Build the gallery ``out`` from ``src``; returns the manifest (counts by status included).
 
@@ -442,7 +288,7 @@ def build_gallery(
     src_path = Path(src)
     kind, items = iter_source(src_path, identities)
     model = (
-        cfg.model.partition(":")[0]
+        model_name(cfg.model)
         or (getattr(embedder, "name", None) if embedder is not None else None)
         or "facenet"
     )
@@ -464,7 +310,7 @@ def build_gallery(
                 threshold=cfg.det_threshold,
                 max_side=cfg.max_side,
             )
-        photos = PhotoEmbedder(embedder, detector, cfg.dominant_ratio, cfg.prealigned)
+        photos = PhotoEmbedder(embedder, detector, cfg.dominant_ratio, cfg.prealigned, crop_size)
         dim = int(embedder.dim)
         model = model_id(embedder)
         threshold = default_threshold(model, embedder)
@@ -477,7 +323,7 @@ def build_gallery(
         model = cfg.model or model
         threshold = default_threshold(model, embedder)
 
-    options = build_options(cfg, model)
+    options = {**build_options(cfg, model), "crop_size": photos.crop_size if photos else None}
     build_hash = config_hash({**options, "source": str(src_path.resolve()), "kind": kind, "dim": dim})
     images_schema = gallery_images_schema(dim)
     # Until the new manifest is written, the folder must not pass for a complete gallery.

@@ -24,14 +24,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import config_hash, to_dict
-from ..errors import ConfigError, InputError, SeqbuildError
+from ..config import config_hash, output_hash, to_dict
+from ..driver import StageSummary, VideoTask, drive, process_cached
+from ..embed.models import model_name
+from ..errors import ConfigError, InputError
+from ..executors import Executor
 from ..layout import RunDir
+from ..reasons import removal_rows
+from ..runstate import recorded_config
 from ..schema import ASSIGNMENTS, DETECTIONS, FACES, REMOVALS, SEQUENCES
 from ..storage import ShardStore, read_table, read_tables, write_table
 from .config import OverlapConfig
-from .gallery import Gallery, build_gallery, is_gallery, load_gallery, same_model, source_fingerprint
+from .gallery import Gallery, build_gallery, is_gallery, load_gallery, same_model
 from .search import normalise, search
+from .sources import source_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +53,6 @@ class GallerySpec:
     path: str
     threshold: float
     fingerprint: str = ""
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """One video's dedup-overlap work (picklable: the worker loads galleries by path)."""
-
-    run: str
-    shard: str
-    galleries: tuple[GallerySpec, ...]
-    input_stage: str
-    index: str
-    nprobe: int
-    per_face: bool
-    config_hash: str
 
 
 def parse_gallery_arg(arg: str) -> tuple[str | None, str]:
@@ -85,12 +77,18 @@ def thresholds_for(n: int, thresholds: list[float], defaults: list[float]) -> li
 
 
 def run_embedder_name(run: RunDir) -> str:
-    """The embedder the run's embeddings come from (the ``model`` column of RUN/embed)."""
+    """The model id of the run's embeddings (the ``model`` column of RUN/embed)."""
     for path in run.embed.paths("embeddings"):
         table = read_table(path, columns=["model"])
         if table.num_rows:
             return str(table.column("model")[0].as_py())
     return ""
+
+
+def run_embed_options(run: RunDir) -> dict[str, Any]:
+    """The embed options the run's embeddings were made with (model, weights, normalisation)."""
+    recorded = recorded_config(run, "embed")
+    return {k: recorded[k] for k in ("model", "weights", "normalisation") if recorded.get(k) is not None}
 
 
 def resolve_galleries(
@@ -111,24 +109,37 @@ def resolve_galleries(
             gname = name or (
                 src.parent.name if src.name in ("train.rec",) else src.stem if src.is_file() else src.name
             )
-            build_cfg = OverlapConfig(**{**to_dict(cfg), "model": cfg.model or model.partition(":")[0]})
+            # A gallery built for this run uses the embedder the run was embedded with, unless set here.
+            embed_opts = run_embed_options(run)
+            build_cfg = OverlapConfig(
+                **{
+                    **to_dict(cfg),
+                    "model": cfg.model or embed_opts.get("model") or model_name(model),
+                    "weights": cfg.weights or embed_opts.get("weights", ""),
+                    "normalisation": embed_opts.get("normalisation", cfg.normalisation),
+                }
+            )
             key = config_hash(
                 {
                     "fp": source_fingerprint(src),
                     "model": build_cfg.model,
-                    "w": cfg.weights,
+                    "w": build_cfg.weights,
+                    "norm": build_cfg.normalisation,
+                    "crop": recorded_config(run, "ingest").get("crop_size"),
                     **_build_keys(cfg),
                 }
             )
             cache = run.root / STAGE / "_galleries" / f"{gname}-{key}"
             if not is_gallery(cache):
                 log.info("building gallery %s from %s into %s", gname, src, cache)
-                build_gallery(src, cache, build_cfg, name=gname, progress=progress)
+                crop = recorded_config(run, "ingest").get("crop_size")
+                build_gallery(src, cache, build_cfg, name=gname, progress=progress, crop_size=crop)
             gallery = load_gallery(cache, gname)
         if model and not same_model(gallery.embedder, model):
             raise InputError(
-                f"{gallery.path}: gallery built with embedder {gallery.embedder!r}, but {run.root} was embedded"
-                f" with {model!r}; rebuild it with --model {model}"
+                f"{gallery.path}: gallery built with model {gallery.embedder!r}, but {run.root} was embedded with"
+                f" {model!r}; rebuild it with the run's embedder (`seqbuild gallery build SOURCE --out GALLERY"
+                f" --model {model_name(model)} --weights WEIGHTS`) or pass its source folder as --gallery"
             )
         loaded.append(gallery)
     names = [g.name for g in loaded]
@@ -154,15 +165,11 @@ def _build_keys(cfg: OverlapConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in keys}
 
 
-_GALLERY_CACHE: dict[str, Gallery] = {}
-
-
 def _gallery(spec: GallerySpec) -> Gallery:
     # Workers handle many videos: load each gallery (and its index) once per process.
-    key = f"{spec.path}\0{spec.fingerprint}"
-    if key not in _GALLERY_CACHE:
-        _GALLERY_CACHE[key] = load_gallery(spec.path, spec.name)
-    return _GALLERY_CACHE[key]
+    return process_cached(
+        ("gallery", spec.path, spec.fingerprint), lambda: load_gallery(spec.path, spec.name)
+    )
 
 
 @dataclass
@@ -203,18 +210,20 @@ def sequence_centres(seq_ids: list[str], vectors: np.ndarray) -> tuple[list[str]
     return [str(k) for k in keys], normalise(sums)
 
 
-def _removal(video: str, seq: str, face: str | None, m: Match, scope: str) -> dict[str, Any]:
-    return {
-        "stage": STAGE,
-        "scope": scope,
-        "video_id": video,
-        "seq_id": seq,
-        "face_id": face,
-        "reason": "gallery_match",
-        "value": m.score,
-        "threshold": m.threshold,
-        "detail": f"gallery={m.gallery} identity={m.identity}",
-    }
+def _removals(video: str, seq: str, faces: list[str], m: Match, scope: str) -> list[dict[str, Any]]:
+    return removal_rows(
+        STAGE,
+        "gallery_match",
+        video,
+        faces,
+        seq_id=seq,
+        value=m.score,
+        threshold=m.threshold,
+        scope=scope,
+        gallery=m.gallery,
+        identity=m.identity,
+        decided_by="auto",
+    )
 
 
 def _recount_sequences(seqs: pa.Table, faces: pa.Table) -> pa.Table:
@@ -238,120 +247,134 @@ def _recount_sequences(seqs: pa.Table, faces: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(base.reset_index()[SEQUENCES.names], schema=SEQUENCES, preserve_index=False)
 
 
-def dedup_video(job: VideoJob) -> dict[str, Any]:
-    """Filter one video against the galleries and write its stage tables and final dataset; returns counts."""
-    run = RunDir(job.run)
-    shard = job.shard
-    src = run.stage(job.input_stage)
-    out = run.dedup_overlap
-    galleries = [(_gallery(spec), spec.threshold) for spec in job.galleries]
+@dataclass
+class DedupOutput:
+    """One video's dedup-overlap tables and counts."""
 
-    assign = read_table(src.table_path("assignments", shard), ASSIGNMENTS)
-    seqs = read_table(src.table_path("sequences", shard), SEQUENCES)
-    emb_path = run.embed.table_path("embeddings", shard)
-    if not emb_path.exists():
-        raise InputError(f"{emb_path}: no embeddings for video {shard}; run `seqbuild embed` first")
-    emb = read_table(emb_path, columns=["face_id", "embedding"])
-    dim = galleries[0][0].dim
-    # Arrow cannot join on fixed-size-list columns: look the kept faces up by position instead.
+    assignments: pa.Table
+    sequences: pa.Table
+    removals: pa.Table
+    counts: dict[str, Any]
+
+
+def embedding_matrix(emb: pa.Table, face_ids: list[str], source: Any = "") -> tuple[list[str], np.ndarray]:
+    """The vectors of ``face_ids`` found in an embeddings table: (the ids found, in order; their matrix)."""
     row_of = {f: i for i, f in enumerate(emb.column("face_id").to_pylist())}
+    found = [f for f in face_ids if f in row_of]
+    flat = emb.column("embedding").combine_chunks()
+    if not found:
+        width = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else 0
+        return [], np.zeros((0, width), np.float32)
+    width = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else len(flat[0].as_py())
+    values = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    return found, np.ascontiguousarray(values[[row_of[f] for f in found]], dtype=np.float32)
+
+
+def dedup_tables(
+    video: str,
+    assign: pa.Table,
+    seqs: pa.Table,
+    emb: pa.Table,
+    det: pa.Table,
+    galleries: list[tuple[Gallery, float]],
+    cfg: OverlapConfig,
+) -> DedupOutput:
+    """Filter one video's sequences against the galleries; no I/O.
+
+    ``emb`` holds the faces' embeddings (face_id, embedding); ``det`` the detection figures of its faces
+    (face_id, frame_idx, pts, det_score, face_size), used to recount sequences that lose single faces.
+    """
+    dim = galleries[0][0].dim
     all_faces = assign.column("face_id").to_pylist()
     all_seqs = assign.column("seq_id").to_pylist()
-    rows = [(f, s, row_of.get(f)) for f, s in zip(all_faces, all_seqs, strict=True)]
-    missing = sum(1 for _, _, r in rows if r is None)
-    if missing:
+    faces_of: dict[str, list[str]] = {}
+    for f, q in zip(all_faces, all_seqs, strict=True):
+        faces_of.setdefault(q, []).append(f)
+    face_ids, vectors = embedding_matrix(emb, all_faces)
+    if len(face_ids) < len(all_faces):
         log.warning(
-            "%s: %d kept faces have no embedding and are checked through their sequence only", shard, missing
+            "%s: %d kept faces have no embedding and are checked through their sequence only",
+            video,
+            len(all_faces) - len(face_ids),
         )
-    rows = [(f, s, r) for f, s, r in rows if r is not None]
-    face_ids = [f for f, _, _ in rows]
-    face_seqs = [s for _, s, _ in rows]
-    flat = emb.column("embedding").combine_chunks()
-    if rows:
-        width = flat.type.list_size if pa.types.is_fixed_size_list(flat.type) else len(flat[0].as_py())
-        if width != dim:
-            raise InputError(
-                f"{emb_path}: {width}-d embeddings, but gallery {galleries[0][0].name} is {dim}-d"
-            )
-        values = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-        vectors = np.ascontiguousarray(values[[r for _, _, r in rows]], dtype=np.float32)
-    else:
-        vectors = np.zeros((0, dim), np.float32)
+    if len(face_ids) and vectors.shape[1] != dim:
+        raise InputError(
+            f"video {video}: {vectors.shape[1]}-d embeddings, but gallery {galleries[0][0].name} is {dim}-d"
+        )
+    seq_of = dict(zip(all_faces, all_seqs, strict=True))
+    face_seqs = [seq_of[f] for f in face_ids]
 
     seq_keys, centres = sequence_centres(face_seqs, vectors)
-    seq_match = dict(zip(seq_keys, best_matches(centres, galleries, job.index, job.nprobe), strict=True))
+    seq_match = dict(zip(seq_keys, best_matches(centres, galleries, cfg.index, cfg.nprobe), strict=True))
     removals: list[dict[str, Any]] = []
     removed_seqs: set[str] = set()
     for seq_id in seqs.column("seq_id").to_pylist():
         m = seq_match.get(seq_id)
         if m is not None:
             removed_seqs.add(seq_id)
-            removals.append(_removal(shard, seq_id, None, m, "sequence"))
+            removals += _removals(video, seq_id, faces_of.get(seq_id, []), m, "sequence")
     removed_faces: set[str] = set()
-    if job.per_face and len(face_ids):
-        keep_rows = [i for i, s in enumerate(face_seqs) if s not in removed_seqs]
-        matches = best_matches(vectors[keep_rows], galleries, job.index, job.nprobe)
+    if cfg.per_face and len(face_ids):
+        keep_rows = [i for i, q in enumerate(face_seqs) if q not in removed_seqs]
+        matches = best_matches(vectors[keep_rows], galleries, cfg.index, cfg.nprobe)
         for i, m in zip(keep_rows, matches, strict=True):
             if m is not None:
                 removed_faces.add(face_ids[i])
-                removals.append(_removal(shard, face_seqs[i], face_ids[i], m, "face"))
+                removals += _removals(video, face_seqs[i], [face_ids[i]], m, "face")
 
-    keep = pc.invert(pc.is_in(assign.column("seq_id"), pa.array(sorted(removed_seqs), pa.string())))
+    gone_seqs = pa.array(sorted(removed_seqs), pa.string())
+    keep = pc.invert(pc.is_in(assign.column("seq_id"), gone_seqs))
     keep = pc.and_(
         keep, pc.invert(pc.is_in(assign.column("face_id"), pa.array(sorted(removed_faces), pa.string())))
     )
     kept_assign = assign.filter(keep)
-    kept_seqs = seqs.filter(
-        pc.invert(pc.is_in(seqs.column("seq_id"), pa.array(sorted(removed_seqs), pa.string())))
-    )
+    kept_seqs = seqs.filter(pc.invert(pc.is_in(seqs.column("seq_id"), gone_seqs)))
     if removed_faces:
-        det = read_table(run.ingest.table_path("detections", shard), DETECTIONS, columns=None)
-        det = det.select(["face_id", "frame_idx", "pts", "det_score", "face_size"])
+        # Sequences whose faces matched one by one keep only the others (every removed face has its row).
         kept_det = det.join(kept_assign.select(["face_id", "seq_id"]), keys="face_id", join_type="inner")
-        before = set(kept_seqs.column("seq_id").to_pylist())
         kept_seqs = _recount_sequences(kept_seqs, kept_det)
-        for seq_id in sorted(before - set(kept_seqs.column("seq_id").to_pylist())):
-            removals.append(
-                {
-                    "stage": STAGE,
-                    "scope": "sequence",
-                    "video_id": shard,
-                    "seq_id": seq_id,
-                    "face_id": None,
-                    "reason": "gallery_match",
-                    "value": None,
-                    "threshold": None,
-                    "detail": "every face of the sequence matched a gallery on its own",
-                }
-            )
-    removals_table = pa.Table.from_pylist(removals, schema=REMOVALS) if removals else REMOVALS.empty_table()
-
-    h = job.config_hash
-    write_table(out.table_path("assignments", shard), kept_assign, ASSIGNMENTS, "assignments", h)
-    write_table(out.table_path("sequences", shard), kept_seqs, SEQUENCES, "sequences", h)
-    write_table(out.table_path("removals", shard), removals_table, REMOVALS, "removals", h)
-    write_dataset_shard(run, shard, h)
-    out.mark_done(shard, h)
 
     per_gallery: dict[str, dict[str, int]] = {g.name: {"sequences": 0, "faces": 0} for g, _ in galleries}
-    faces_per_seq = pc.value_counts(assign.column("seq_id")).to_pylist() if assign.num_rows else []
-    n_by_seq = {d["values"]: d["counts"] for d in faces_per_seq}
     for r in removals:
-        name = r["detail"].split()[0].removeprefix("gallery=") if r["detail"].startswith("gallery=") else None
-        if name is None:
-            continue
-        if r["scope"] == "sequence":
-            per_gallery[name]["sequences"] += 1
-            per_gallery[name]["faces"] += n_by_seq.get(r["seq_id"], 0)
-        else:
-            per_gallery[name]["faces"] += 1
-    return {
+        per_gallery[r["gallery"]]["faces"] += 1
+    for seq_id in removed_seqs:
+        per_gallery[seq_match[seq_id].gallery]["sequences"] += 1
+    counts = {
         "sequences_in": seqs.num_rows,
         "sequences_kept": kept_seqs.num_rows,
         "faces_in": assign.num_rows,
         "faces_kept": kept_assign.num_rows,
-        "per_gallery": per_gallery,
+        "galleries": per_gallery,
     }
+    return DedupOutput(kept_assign, kept_seqs, pa.Table.from_pylist(removals, schema=REMOVALS), counts)
+
+
+def dedup_video(task: VideoTask) -> dict[str, Any]:
+    """Filter one video against the galleries and write its stage tables and final dataset; returns counts."""
+    run = RunDir(task.run)
+    video = task.video
+    cfg: OverlapConfig = task.cfg
+    src = run.stage(cfg.input_stage)
+    galleries = [(_gallery(spec), spec.threshold) for spec in task.params["galleries"]]
+    assign = read_table(src.table_path("assignments", video), ASSIGNMENTS)
+    seqs = read_table(src.table_path("sequences", video), SEQUENCES)
+    emb_path = run.embed.table_path("embeddings", video)
+    if not emb_path.exists():
+        raise InputError(f"{emb_path}: no embeddings for video {video}; run `seqbuild embed` first")
+    emb = read_table(emb_path, columns=["face_id", "embedding"])
+    det = read_table(
+        run.ingest.table_path("detections", video),
+        DETECTIONS,
+        columns=["face_id", "frame_idx", "pts", "det_score", "face_size"],
+    )
+    out = dedup_tables(video, assign, seqs, emb, det, galleries, cfg)
+    store, h = run.dedup_overlap, task.key
+    write_table(store.table_path("assignments", video), out.assignments, ASSIGNMENTS, "assignments", h)
+    write_table(store.table_path("sequences", video), out.sequences, SEQUENCES, "sequences", h)
+    write_table(store.table_path("removals", video), out.removals, REMOVALS, "removals", h)
+    write_dataset_shard(run, video, h)
+    store.mark_done(video, h)
+    return out.counts
 
 
 def write_dataset_shard(run: RunDir, shard: str, config_hash: str = "") -> dict[str, int]:
@@ -371,70 +394,30 @@ def write_dataset_shard(run: RunDir, shard: str, config_hash: str = "") -> dict[
 
 
 def run_dedup_overlap(
-    run: str | Path, cfg: OverlapConfig, executor=None, progress: bool = True
-) -> dict[str, Any]:
-    """Remove gallery identities from every video of ``run`` and write the final dataset; returns a summary."""
-    from tqdm import tqdm
-
-    from ..pipeline.executors import LocalExecutor
-
+    run: str | Path, cfg: OverlapConfig, executor: Executor | None = None, progress: bool = True
+) -> StageSummary:
+    """Remove gallery identities from every video of ``run`` and write the final dataset; resumable."""
     rd = RunDir(run)
     src: ShardStore = rd.require(cfg.input_stage, STAGE)
     rd.require("embed", STAGE)
     model = run_embedder_name(rd)
     resolved = resolve_galleries(rd, cfg, model, progress)
     specs = tuple(GallerySpec(g.name, str(g.path), float(t), g.fingerprint) for g, t in resolved)
-    h = config_hash(
-        {
-            "input_stage": cfg.input_stage,
-            "index": cfg.index,
-            "nprobe": cfg.nprobe,
-            "per_face": cfg.per_face,
-            "galleries": [(s.name, s.threshold, s.fingerprint) for s in specs],
-        }
-    )
-    shards = src.done_shards()
-    todo = [s for s in shards if not rd.dedup_overlap.is_done(s, h)]
-    summary: dict[str, Any] = {
-        "videos": len(shards),
-        "skipped": len(shards) - len(todo),
-        "done": 0,
-        "failed": {},
-        "sequences_in": 0,
-        "sequences_kept": 0,
-        "faces_in": 0,
-        "faces_kept": 0,
-        "galleries": {
-            s.name: {"threshold": s.threshold, "sequences": 0, "faces": 0, "path": s.path} for s in specs
-        },
+    videos = src.done_shards()
+    summary = StageSummary(STAGE, videos=len(videos))
+    summary.details["galleries"] = {
+        s.name: {"threshold": s.threshold, "sequences": 0, "faces": 0, "path": s.path} for s in specs
     }
-    jobs = [
-        VideoJob(str(rd.root), s, specs, cfg.input_stage, cfg.index, cfg.nprobe, cfg.per_face, h)
-        for s in todo
-    ]
-    for s in todo:
-        rd.dedup_overlap.clear(s)
-    executor = executor or LocalExecutor(cfg.workers)
-    bar = tqdm(total=len(jobs), desc="dedup-overlap", unit="video", disable=not progress)
-    for job, result in executor.map(_safe_dedup_video, jobs):
-        bar.update(1)
-        if "error" in result:
-            summary["failed"][job.shard] = result["error"]
-            log.error("dedup-overlap: %s", result["error"])
+    tasks = []
+    for video in videos:
+        key = output_hash(
+            cfg,
+            upstream=src.marker(video).get("config_hash", ""),
+            galleries=[(s.name, s.threshold, s.fingerprint) for s in specs],
+        )
+        if rd.dedup_overlap.is_done(video, key):
+            summary.skipped += 1
             continue
-        summary["done"] += 1
-        for key in ("sequences_in", "sequences_kept", "faces_in", "faces_kept"):
-            summary[key] += result[key]
-        for name, counts in result["per_gallery"].items():
-            summary["galleries"][name]["sequences"] += counts["sequences"]
-            summary["galleries"][name]["faces"] += counts["faces"]
-    bar.close()
-    return summary
-
-
-def _safe_dedup_video(job: VideoJob) -> dict[str, Any]:
-    """:func:`dedup_video` with a seqbuild error turned into a result, so other videos carry on."""
-    try:
-        return dedup_video(job)
-    except SeqbuildError as exc:
-        return {"error": f"video {job.shard}: {exc}"}
+        rd.dedup_overlap.clear(video)
+        tasks.append(VideoTask(str(rd.root), video, key, cfg, {"galleries": specs}))
+    return drive(summary, tasks, dedup_video, executor, cfg.workers, progress)

@@ -1,15 +1,25 @@
-"""Load a pipeline: defaults < pipeline TOML < --set overrides < command-line flags, per section."""
+"""Load a config: defaults < the run's memory (RUN/config.toml) < pipeline TOML < --set < flags, per section.
+
+A run folder remembers the config its stages ran with (:mod:`seqbuild.runstate`), so re-running or
+resuming a run needs no inputs or settings repeated; whatever is given explicitly wins over the memory,
+and a value that differs from it is logged.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import build, config_hash, dump_toml, load_toml, parse_overrides, to_dict
+from ..config import build, dump_toml, load_toml, parse_overrides, to_dict
 from ..errors import ConfigError
+from ..stages import section_class, sections
 from ..storage import write_bytes_atomic
-from .config import SECTIONS, section_class
+
+log = logging.getLogger("seqbuild")
+
+RUN_CONFIG = "config.toml"
 
 
 @dataclass
@@ -21,36 +31,74 @@ class Pipeline:
     def __getitem__(self, name: str) -> Any:
         return self.sections[name]
 
-    def to_toml(self) -> str:
-        """The merged config as TOML (what is saved beside the outputs)."""
-        return dump_toml({name: to_dict(cfg) for name, cfg in self.sections.items()})
+    def to_toml(self, names: list[str] | None = None) -> str:
+        """The merged config (of the named sections, default all) as TOML."""
+        names = list(self.sections) if names is None else names
+        return dump_toml({name: to_dict(self.sections[name]) for name in names})
 
-    def hash(self, section: str) -> str:
-        """The config hash of one section."""
-        return config_hash(self.sections[section])
+
+def _check_sections(layer: dict[str, Any], where: str) -> None:
+    known = sections()
+    for name, value in layer.items():
+        if name not in known:
+            raise ConfigError(f"{where}: unknown config section [{name}] (known: {', '.join(known)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: config section [{name}] must be a table")
+
+
+def run_memory(run: str | Path | None) -> dict[str, Any]:
+    """The run's remembered config (RUN/config.toml), {} for a new run; sections no longer known are dropped."""
+    if run is None:
+        return {}
+    path = Path(run) / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    data = load_toml(path)
+    known = sections()
+    return {k: v for k, v in data.items() if k in known and isinstance(v, dict)}
 
 
 def load_pipeline(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     flags: dict[str, dict[str, Any]] | None = None,
+    run: str | Path | None = None,
 ) -> Pipeline:
     """Merge the layers of every section; an unknown section or key is a ConfigError that names it."""
+    memory = run_memory(run)
     data = load_toml(path) if path else {}
-    layers = [data, parse_overrides(list(overrides)), flags or {}]
-    for layer in layers:
-        for name, value in layer.items():
-            if name not in SECTIONS:
-                raise ConfigError(f"unknown config section [{name}] (known: {', '.join(SECTIONS)})")
-            if not isinstance(value, dict):
-                raise ConfigError(f"config section [{name}] must be a table")
-    sections = {
+    _check_sections(data, str(path))
+    sets = parse_overrides(list(overrides))
+    _check_sections(sets, "--set")
+    flags = flags or {}
+    _check_sections(flags, "flags")
+    layers = [memory, data, sets, flags]
+    merged = {
         name: build(section_class(name), *(layer.get(name) for layer in layers), section=name)
-        for name in SECTIONS
+        for name in sections()
     }
-    return Pipeline(sections)
+    if memory:
+        _log_changes(run, memory, merged)
+    return Pipeline(merged)
 
 
-def save_config(pipeline: Pipeline, path: str | Path) -> None:
-    """Save the merged config beside the outputs (atomically)."""
-    write_bytes_atomic(path, pipeline.to_toml().encode())
+def _log_changes(run: str | Path | None, memory: dict[str, Any], merged: dict[str, Any]) -> None:
+    for name, remembered in memory.items():
+        now = to_dict(merged[name])
+        for key, old in remembered.items():
+            if key in now and now[key] != old and not (old == "" and now[key] is None):
+                log.info(
+                    "%s: %s.%s changed from %r (remembered by the run) to %r", run, name, key, old, now[key]
+                )
+
+
+def save_config(pipeline: Pipeline, path: str | Path, names: list[str] | None = None) -> None:
+    """Merge the named sections (default all) of ``pipeline`` into the TOML file ``path`` (atomically)."""
+    path = Path(path)
+    existing = load_toml(path) if path.is_file() else {}
+    names = list(pipeline.sections) if names is None else names
+    merged = {k: v for k, v in existing.items() if isinstance(v, dict)}
+    for name in names:
+        merged[name] = to_dict(pipeline[name])
+    order = [n for n in sections() if n in merged] + [n for n in merged if n not in sections()]
+    write_bytes_atomic(path, dump_toml({n: merged[n] for n in order}).encode())

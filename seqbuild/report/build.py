@@ -89,22 +89,29 @@ def collect_counts(run: RunDir) -> list[dict[str, Any]]:
 
 def read_removals(run: RunDir) -> pa.Table:
     """Every removal row of every stage (only the columns the report uses)."""
-    cols = ["stage", "scope", "video_id", "seq_id", "face_id", "reason", "value", "threshold", "detail"]
-    tables = [read_table(p, columns=cols) for s in SEQUENCE_STAGES for p in run.stage(s).paths("removals")]
+    cols = [
+        "stage", "scope", "video_id", "seq_id", "face_id", "reason", "value", "threshold", "detail",
+        "gallery", "identity",
+    ]  # fmt: skip
+    tables = [read_table(p, columns=cols) for s in STAGES for p in run.stage(s).paths("removals")]
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in cols})
 
 
 def removal_counts(removals: pa.Table) -> list[dict[str, Any]]:
     """Removals grouped by stage, scope and reason, with the median figure that triggered them."""
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for stage, scope, reason, value in zip(
+    sequences: dict[tuple[str, str, str], set] = defaultdict(set)
+    for stage, scope, reason, value, seq_id in zip(
         removals.column("stage").to_pylist(),
         removals.column("scope").to_pylist(),
         removals.column("reason").to_pylist(),
         removals.column("value").to_pylist(),
+        removals.column("seq_id").to_pylist(),
         strict=True,
     ):
         groups[(stage, scope, reason)].append(np.nan if value is None else float(value))
+        if scope == "sequence":
+            sequences[(stage, scope, reason)].add(seq_id)
     order = {s: i for i, s in enumerate(STAGES)}
     out = []
     for (stage, scope, reason), values in sorted(
@@ -116,7 +123,8 @@ def removal_counts(removals: pa.Table) -> list[dict[str, Any]]:
                 "stage": stage,
                 "scope": scope,
                 "reason": reason,
-                "rows": len(values),
+                "faces": len(values),
+                "sequences": len(sequences[(stage, scope, reason)]) if scope == "sequence" else None,
                 "median value": float(np.median(finite)) if finite else None,
             }
         )
@@ -408,7 +416,8 @@ def contact_sheets(
         groups[(r["stage"], r["reason"])].append(r)
     sampled: dict[tuple[str, str], list[dict]] = {}
     for key, rows in sorted(groups.items()):
-        seq_rows = [r for r in rows if r["scope"] == "sequence" or r["face_id"] is None]
+        one_per_seq = {r["seq_id"]: r for r in rows if r["scope"] == "sequence"}
+        seq_rows = [one_per_seq[k] for k in sorted(one_per_seq)]
         sampled[key] = rng.sample(seq_rows, min(4, len(seq_rows)))
     members = sequence_members(run, {*chosen, *(r["seq_id"] for v in sampled.values() for r in v)})
     if stage is not None:
@@ -421,7 +430,7 @@ def contact_sheets(
         ]
         titles["kept"] = f"Random kept sequences (after {stage}; crops evenly spaced in time)"
     for (rstage, reason), rows in sorted(groups.items()):
-        face_rows = [r for r in rows if not (r["scope"] == "sequence" or r["face_id"] is None)]
+        face_rows = [r for r in rows if r["scope"] == "face"]
         entries: list[SheetRow] = []
         for r in sampled[(rstage, reason)]:
             faces = [(v, f) for v, f, _ in _spread(members.get(r["seq_id"], []), per_row)]
@@ -437,7 +446,7 @@ def contact_sheets(
             key = f"removed_{rstage}_{reason}"
             sheets[key] = entries
             title = "Gallery matches" if reason == "gallery_match" else "Removed"
-            titles[key] = f"{title}: {rstage} / {reason} ({len(rows)} rows)"
+            titles[key] = f"{title}: {rstage} / {reason} ({len(rows)} faces)"
     wanted = [face for rows in sheets.values() for row in rows for face in row.faces]
     crops = fetch_crops(run, wanted)
     return {key: (titles[key], render_sheet(rows, crops, per_row)) for key, rows in sheets.items() if rows}
@@ -449,6 +458,8 @@ def _fmt(value: Any) -> str:
 
 def _removal_label(r: dict, n: int) -> str:
     detail = f" {r['detail']}" if r.get("detail") else ""
+    if r.get("gallery"):
+        detail += f" gallery {r['gallery']}, identity {r['identity']}"
     return f"{r['seq_id']} ({n} faces): value {_fmt(r['value'])} vs {_fmt(r['threshold'])}{detail}"
 
 

@@ -42,4 +42,4 @@ class TrackConfig:
         0, "frames between detector passes (0 = read from the detections' frame numbers)", min=0
     )
     min_faces: int = option(5, "sequences with fewer faces are removed as too_short", min=1)
-    workers: int = option(1, "videos processed in parallel", min=1)
+    workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)

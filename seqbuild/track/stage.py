@@ -3,14 +3,13 @@
 Reads ``RUN/ingest/detections/<video_id>.parquet`` and writes ``RUN/track/{assignments,sequences,
 removals}/<video_id>.parquet``. Tracks never cross a shot boundary (ingest's ``shot_id``). Every
 detection ends up in exactly one place: the assignments of a kept sequence, or a removal row
-(scope ``face``, with its seq_id) that says why its sequence was not kept (``too_short``: fewer than
+(scope ``sequence``, one per face, with its seq_id) that says why its sequence was not kept (``too_short``: fewer than
 ``min_faces`` faces; ``unconfirmed``: the track never reached ``min_hits``) and the figure.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..config import config_hash
-from ..errors import SeqbuildError
+from ..config import output_hash
+from ..driver import StageSummary, VideoTask, drive
+from ..errors import InputError
+from ..executors import Executor
 from ..layout import RunDir
-from ..pipeline.executors import Executor, LocalExecutor
+from ..reasons import removal_rows
 from ..schema import ASSIGNMENTS, DETECTIONS, REMOVALS, SEQUENCES
 from ..storage import read_table, write_table
 from .config import TrackConfig
@@ -97,7 +98,7 @@ def track_detections(detections: pa.Table, video_id: str, cfg: TrackConfig) -> T
 
     assign_rows: dict[str, list] = {"face_id": [], "video_id": [], "seq_id": []}
     seq_rows: dict[str, list] = {name: [] for name in SEQUENCES.names}
-    rem_rows: dict[str, list] = {name: [] for name in REMOVALS.names}
+    rem_rows: list[dict[str, Any]] = []
     stats = {
         "faces": 0,
         "sequences": 0,
@@ -119,16 +120,16 @@ def track_detections(detections: pa.Table, video_id: str, cfg: TrackConfig) -> T
         if reason is not None:
             stats["removed_sequences"] += 1
             stats["removed_faces"] += len(idx)
-            for i in idx:
-                rem_rows["stage"].append("track")
-                rem_rows["scope"].append("face")
-                rem_rows["video_id"].append(video_id)
-                rem_rows["seq_id"].append(seq_id)
-                rem_rows["face_id"].append(str(face_ids[i]))
-                rem_rows["reason"].append(reason)
-                rem_rows["value"].append(float(value))
-                rem_rows["threshold"].append(float(limit))
-                rem_rows["detail"].append(f"sequence of {len(idx)} faces")
+            rem_rows += removal_rows(
+                "track",
+                reason,
+                video_id,
+                [str(face_ids[i]) for i in idx],
+                seq_id=seq_id,
+                value=value,
+                threshold=limit,
+                detail=f"sequence of {len(idx)} faces",
+            )
             continue
         stats["sequences"] += 1
         stats["faces"] += len(idx)
@@ -148,94 +149,45 @@ def track_detections(detections: pa.Table, video_id: str, cfg: TrackConfig) -> T
     return TrackOutput(
         pa.table(assign_rows, schema=ASSIGNMENTS),
         pa.table(seq_rows, schema=SEQUENCES),
-        pa.table(rem_rows, schema=REMOVALS),
+        pa.Table.from_pylist(rem_rows, schema=REMOVALS),
         stats,
     )
 
 
-@dataclass
-class TrackJob:
-    """One video's work, as handed to an executor (picklable)."""
-
-    run: str
-    video_id: str
-    cfg: TrackConfig
-    config_hash: str
-
-
-def track_video(job: TrackJob) -> dict[str, Any]:
-    """Track one video of a run and write its shard (the per-video function given to executors)."""
-    run = RunDir(job.run)
-    start = time.perf_counter()
-    try:
-        det = read_table(
-            run.ingest.table_path("detections", job.video_id), DETECTIONS, columns=DETECTION_COLUMNS
-        )
-        out = track_detections(det, job.video_id, job.cfg)
-    except FileNotFoundError as exc:
-        return {"status": "failed", "error": f"{exc.filename}: ingest detections missing"}
-    except SeqbuildError as exc:
-        return {"status": "failed", "error": str(exc)}
+def track_video(task: VideoTask) -> dict[str, Any]:
+    """Track one video of a run and write its shard (the per-video work handed to executors)."""
+    run = RunDir(task.run)
+    path = run.ingest.table_path("detections", task.video)
+    if not path.exists():
+        raise InputError(f"{path}: ingest detections missing")
+    det = read_table(path, DETECTIONS, columns=DETECTION_COLUMNS)
+    out = track_detections(det, task.video, task.cfg)
     store = run.track
-    store.clear(job.video_id)
+    store.clear(task.video)
     for name, table, schema in (
         ("assignments", out.assignments, ASSIGNMENTS),
         ("sequences", out.sequences, SEQUENCES),
         ("removals", out.removals, REMOVALS),
     ):
-        write_table(store.table_path(name, job.video_id), table, schema, name, job.config_hash)
-    store.mark_done(job.video_id, job.config_hash, **out.stats)
-    return {"status": "ok", "seconds": time.perf_counter() - start, **out.stats}
-
-
-def stage_hash(cfg: TrackConfig, ingest_hash: str) -> str:
-    """Hash of what a video's track output depends on: the track config and the ingest output it read."""
-    return config_hash({"track": config_hash(cfg, ignore=("workers",)), "ingest": ingest_hash})
+        write_table(store.table_path(name, task.video), table, schema, name, task.key)
+    store.mark_done(task.video, task.key, **out.stats)
+    return {k: v for k, v in out.stats.items() if k != "frame_step"}
 
 
 def run_track(
     run: str | Path, cfg: TrackConfig, executor: Executor | None = None, progress: bool = True
-) -> dict[str, Any]:
+) -> StageSummary:
     """Track every video ingested into ``run``; resumable (done videos with the same config are skipped)."""
-    from tqdm import tqdm
-
     rd = RunDir(run)
     ingest = rd.require("ingest", "track")
     TRACKERS.get(cfg.tracker)  # an unknown tracker is a ConfigError before any work starts
-    jobs: list[TrackJob] = []
-    summary: dict[str, Any] = {
-        "videos": 0,
-        "tracked": 0,
-        "skipped": 0,
-        "failed": 0,
-        "faces": 0,
-        "sequences": 0,
-        "removed_sequences": 0,
-        "removed_faces": 0,
-        "ambiguous_splits": 0,
-        "errors": [],
-    }
-    for video_id in ingest.done_shards():
-        summary["videos"] += 1
-        key = stage_hash(cfg, ingest.marker(video_id).get("config_hash", ""))
-        if rd.track.is_done(video_id, key):
-            summary["skipped"] += 1
+    summary = StageSummary("track")
+    tasks = []
+    for video in ingest.done_shards():
+        summary.videos += 1
+        key = output_hash(cfg, ingest=ingest.marker(video).get("config_hash", ""))
+        if rd.track.is_done(video, key):
+            summary.skipped += 1
             continue
-        jobs.append(TrackJob(str(rd.root), video_id, cfg, key))
-    own = executor is None
-    executor = LocalExecutor(cfg.workers) if own else executor
-    try:
-        results = executor.map(track_video, jobs)
-        for job, res in tqdm(results, total=len(jobs), desc="track", unit="video", disable=not progress):
-            if res["status"] != "ok":
-                summary["failed"] += 1
-                summary["errors"].append(f"{job.video_id}: {res['error']}")
-                log.error("track %s: %s", job.video_id, res["error"])
-                continue
-            summary["tracked"] += 1
-            for key in ("faces", "sequences", "removed_sequences", "removed_faces", "ambiguous_splits"):
-                summary[key] += res[key]
-    finally:
-        if own:
-            executor.close()
-    return summary
+        tasks.append(VideoTask(str(rd.root), video, key, cfg))
+    return drive(summary, tasks, track_video, executor, cfg.workers, progress)

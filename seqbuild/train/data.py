@@ -77,14 +77,14 @@ def read_sequences(paths: list[str] | list[Path]) -> LabelledImages:
     for p in paths:
         for f in _parquet_files(_faces_folder(Path(p)), "faces"):
             t = read_table(f, FACES, columns=["seq_id", "image"])
-            images.append(t.column("image"))
+            images += t.column("image").chunks  # a video without faces adds no chunk
             seq_ids += t.column("seq_id").to_pylist()
     if not seq_ids:
         return LabelledImages(pa.array([], pa.binary()), np.zeros(0, np.int64), [])
     names = sorted(set(seq_ids))
     index = {n: i for i, n in enumerate(names)}
     labels = np.fromiter((index[s] for s in seq_ids), dtype=np.int64, count=len(seq_ids))
-    return LabelledImages(pa.chunked_array(images).combine_chunks(), labels, names)
+    return LabelledImages(pa.chunked_array(images, type=pa.binary()).combine_chunks(), labels, names)
 
 
 def normalise(rgb: np.ndarray) -> torch.Tensor:

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..imaging import decode_jpeg, encode_jpeg, read_image
 from ..schema import IDENTITY_IMAGES
 from ..storage import write_json_atomic, write_table
+from .config import ImportConfig
 from .data import IDENTITY_TABLE
 
 log = logging.getLogger("seqbuild.train")
@@ -54,25 +55,24 @@ def _largest_face(faces: list) -> Any:
     return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])) if faces else None
 
 
-def import_folder(
-    src: Path,
-    out: Path,
-    aligned: bool = False,
-    size: int = 144,
-    device: str = "auto",
-    min_face: int = 20,
-    progress: bool = True,
-) -> dict[str, int]:
+def import_folder(src: Path, out: Path, cfg: ImportConfig, progress: bool = True) -> dict[str, int]:
     """Import ``src/<identity>/<image>``; unaligned photos keep their largest detected face, aligned."""
     identities = sorted(p for p in src.iterdir() if p.is_dir())
     if not identities:
         raise InputError(f"{src}: no identity sub-folders")
+    size = cfg.size
     detector = None
-    if not aligned:
+    if not cfg.aligned:
         from ..ingest.align import align_face
         from ..ingest.detect import create_detector
 
-        detector = create_detector("mtcnn", device=device, min_face=min_face, threshold=0.9)
+        detector = create_detector(
+            cfg.detector,
+            device=cfg.device,
+            min_face=cfg.min_face,
+            threshold=cfg.threshold,
+            max_side=cfg.max_side,
+        )
     writer, skipped = _PartWriter(out), []
     files = [
         (label, ident.name, f)
@@ -126,7 +126,7 @@ def import_recordio(rec: Path, out: Path, size: int = 144, progress: bool = True
     """Import an insightface train.rec/.idx (aligned crops, resized to ``size``)."""
     import cv2
 
-    from ..overlap.recordio import RecordIOReader
+    from ..recordio import RecordIOReader
 
     writer, skipped, labels = _PartWriter(out), [], set()
     with RecordIOReader(rec) as reader:
@@ -172,19 +172,15 @@ def import_recordio(rec: Path, out: Path, size: int = 144, progress: bool = True
 
 
 def import_identities(
-    src: str | Path,
-    out: str | Path,
-    aligned: bool = False,
-    size: int = 144,
-    device: str = "auto",
-    progress: bool = True,
+    src: str | Path, out: str | Path, cfg: ImportConfig | None = None, progress: bool = True
 ) -> dict[str, int]:
     """Import an identity set from an image folder or a ``.rec`` file (its ``.idx`` beside it)."""
+    cfg = cfg or ImportConfig()
     src, out = Path(src), Path(out)
     if src.is_file() and src.suffix == ".rec":
-        return import_recordio(src, out, size, progress)
+        return import_recordio(src, out, cfg.size, progress)
     if src.is_dir() and (src / "train.rec").is_file():
-        return import_recordio(src / "train.rec", out, size, progress)
+        return import_recordio(src / "train.rec", out, cfg.size, progress)
     if src.is_dir():
-        return import_folder(src, out, aligned, size, device, progress=progress)
+        return import_folder(src, out, cfg, progress=progress)
     raise InputError(f"{src}: not an image folder or a .rec file")

@@ -12,8 +12,9 @@ Chief losses (registry ``CHIEF_LOSSES``): ``softmax``, ``l2_sphereface`` (A-Soft
 ``cosface``. Non-LSR chief losses ignore sequence samples (they have no class to target).
 
 Auxiliary losses (registry ``AUX_LOSSES``): ``dsa`` (discriminative sequence agent), ``center`` (Wen et
-al.), ``margin`` (Gao et al.). Their centres are buffers updated by :meth:`update_centres` (the centre-loss
-rule ``c_j <- c_j - rate * sum_i (c_j - x_i) / (1 + n_j)``), never by the optimiser or weight decay.
+al.), ``margin`` (Gao et al.). Their centres are buffers updated by :meth:`CentreLossBase.update_centres`
+(the centre-loss rule, at a fixed rate or with the solver's learning rate and momentum), never by the
+optimiser or weight decay.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError, SeqbuildError
 from ..registry import Registry
 
 CHIEF_LOSSES: Registry[nn.Module] = Registry("chief loss")
@@ -243,8 +245,47 @@ def cosface(num_identities: int, dim: int, **kw: object) -> CosineMarginLoss:
 # ---------------------------------------------------------------- auxiliary losses
 
 
+class TrainingDivergedError(SeqbuildError):
+    """Training produced non-finite values (centres, or a loss that no loss scaler will skip)."""
+
+
+CENTRE_UPDATES = ("solver", "rate")
+"""``solver``: centres move with the step's learning rate and the optimiser's momentum, as the released
+Caffe layers' centre blobs do; ``rate``: a fixed rate of the centre-loss rule, independent of the schedule."""
+
+
+def _gather_batch(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Every rank's (features, labels) in rank order (each rank may hold a different number of rows)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, labels
+    world = dist.get_world_size()
+    n = torch.tensor([labels.shape[0]], device=labels.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    most = int(max(int(s) for s in sizes))
+    xp = torch.zeros(most, x.shape[1], device=x.device, dtype=x.dtype)
+    lp = torch.full((most,), -1, device=labels.device, dtype=labels.dtype)
+    xp[: x.shape[0]], lp[: labels.shape[0]] = x, labels
+    xs, ls = [torch.empty_like(xp) for _ in range(world)], [torch.empty_like(lp) for _ in range(world)]
+    dist.all_gather(xs, xp)
+    dist.all_gather(ls, lp)
+    xa, la = torch.cat(xs), torch.cat(ls)
+    keep = la >= 0
+    return xa[keep], la[keep]
+
+
 class CentreLossBase(nn.Module):
-    """Holds one centre per label (identities then sequences) and updates them by the centre-loss rule."""
+    """Holds one centre per label (identities then sequences) and updates them by the centre-loss rule.
+
+    Each step, for every label j in the batch (of every DDP rank), ``delta_j = sum_{i: y_i = j}
+    (c_j - x_i) / (1 + n_j)``. With ``centre_update="rate"``: ``c_j <- c_j - rate * delta_j``. With
+    ``"solver"`` (the released Caffe DSA layer, whose centres are a blob of the net): ``v <- momentum * v
+    + lr * delta / 2``, ``c <- c - v``, where lr is the step's learning rate, momentum the optimiser's, and
+    delta / 2 the Caffe layer's centre diff (the derivative of d = ||x - c||^2 / 4). Centres are buffers:
+    no weight decay, no gradient.
+    """
 
     def __init__(
         self,
@@ -253,39 +294,115 @@ class CentreLossBase(nn.Module):
         dim: int,
         centre_rate: float = 0.5,
         loss_weight: float = 1.0,
+        centre_update: str = "rate",
         **_: object,
     ) -> None:
         super().__init__()
+        if centre_update not in CENTRE_UPDATES:
+            raise ConfigError(f"centre_update {centre_update!r}: expected one of {', '.join(CENTRE_UPDATES)}")
         self.num_identities = num_identities
         self.num_sequences = num_sequences
         self.centre_rate = centre_rate
+        self.centre_update = centre_update
         self.loss_weight = loss_weight
         self.register_buffer("centres", torch.zeros(num_identities + num_sequences, dim))
+        if centre_update == "solver":
+            self.register_buffer("centre_velocity", torch.zeros(num_identities + num_sequences, dim))
 
     @torch.no_grad()
-    def update_centres(self, features: Tensor, labels: Tensor) -> None:
-        """c_j <- c_j - rate * sum_{i: y_i = j} (c_j - x_i) / (1 + n_j); summed over DDP ranks when running."""
-        x = features.detach().to(self.centres.dtype)
-        sums = torch.zeros_like(self.centres).index_add_(0, labels, x)
-        counts = torch.zeros(self.centres.shape[0], device=x.device, dtype=x.dtype)
-        counts.index_add_(0, labels, torch.ones_like(labels, dtype=x.dtype))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(counts)
-        delta = (counts[:, None] * self.centres - sums) / (1.0 + counts[:, None])
-        self.centres -= self.centre_rate * delta
+    def update_centres(
+        self, features: Tensor, labels: Tensor, lr: float = 0.0, momentum: float = 0.0
+    ) -> None:
+        """Move the centres of the batch's labels (all DDP ranks' samples, gathered in rank order, so every
+        rank computes the same update); TrainingDivergedError when a centre becomes non-finite."""
+        x, labels = _gather_batch(features.detach().to(self.centres.dtype), labels)
+        if labels.numel() == 0:
+            return
+        ids, inverse = torch.unique(labels, return_inverse=True)
+        sums = torch.zeros(len(ids), x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, inverse, x)
+        counts = torch.bincount(inverse, minlength=len(ids)).to(x.dtype)[:, None]
+        delta = (counts * self.centres[ids] - sums) / (1.0 + counts)
+        if self.centre_update == "solver":
+            self.centre_velocity.mul_(momentum)
+            self.centre_velocity.index_add_(0, ids, 0.5 * lr * delta)
+            self.centres.sub_(self.centre_velocity)
+        else:
+            self.centres.index_add_(0, ids, -self.centre_rate * delta)
+        # only the batch's rows can have become non-finite this step (the velocity of the others is a
+        # decayed sum of earlier, already checked, updates)
+        if not bool(torch.isfinite(self.centres[ids]).all()):
+            bad = ids[~torch.isfinite(self.centres[ids]).all(1)]
+            raise TrainingDivergedError(
+                f"non-finite centres for labels {bad[:5].tolist()} (features: "
+                f"{int((~torch.isfinite(x)).any(1).sum())} of {len(x)} non-finite); lower the learning rate, "
+                "use amp=bf16/off, or set clip_grad_norm"
+            )
+
+
+def push_pairs(labels: Tensor, centre_ids: Tensor, num_identities: int, overlap_removed: bool) -> Tensor:
+    """(N, K) mask: may sample i (label ``labels[i]``) be pushed from centre ``centre_ids[k]``? (SeqFace
+    eq. 11's gamma). Never from its own centre and never a sequence from a sequence; when the sequences
+    may overlap the identity classes (``overlap_removed=False``) only identity samples from identity
+    centres."""
+    centre_is_id = (centre_ids < num_identities)[None, :]
+    sample_is_id = (labels < num_identities)[:, None]
+    mask = labels[:, None] != centre_ids[None, :]
+    if overlap_removed:
+        return mask & (sample_is_id | centre_is_id)
+    return mask & sample_is_id & centre_is_id
+
+
+DSA_NORMALISERS = ("pooled", "paper")
+"""How DSA's push term is normalised: ``pooled`` = the mean over the sample's eligible sampled centres;
+``paper`` = SeqFace eq. 12, identity and sequence parts each over their expected number of sampled
+centres."""
 
 
 class DSALoss(CentreLossBase):
     """Discriminative Sequence Agent loss (SeqFace eqs. 5-12).
 
-    Per sample i with own centre c_y:
-    ``lambda * d(x, c_y) + (1 - lambda) * mean_{j in S_i} max(alpha * d(x, c_y) - d(x, c_j) + beta, 0)``,
-    where S_i is the random subset of centres drawn for this iteration (each kept with probability ``p``,
-    shared by the batch), minus the own centre; identity samples are pushed from identity and sequence
-    centres, sequence samples only from identity centres (sequences may share a person, so they are
-    never pushed from one another). An empty S_i gives no push term. The batch mean is scaled by
-    ``loss_weight``.
+    Per sample i with own centre c_y, hinge h_n = max(alpha * d(x, c_y) - d(x, c_n) + beta, 0):
+    ``lambda * d(x, c_y) + (1 - lambda) * push_i``, where the push runs over the random subset S of
+    centres drawn for this iteration (each kept with probability ``p``, shared by the batch and by every
+    DDP rank), restricted by gamma (eq. 11):
+
+    - ``overlap_removed=True`` (the sequences are known not to contain the identity classes' people):
+      identity samples are pushed from identity and sequence centres, sequence samples only from
+      identity centres (sequences may share a person, so they are never pushed from one another);
+    - ``overlap_removed=False``: gamma = 1 only for identity samples and identity centres (n < C): a
+      sequence might show an identity class's person, so nothing is pushed across the two sets, and
+      sequence samples are only pulled to their own centre.
+
+    ``normaliser="pooled"`` (default): push_i = sum of the eligible hinges / their number (the released
+    Caffe layer divides by the constant N p, which is the same up to a constant factor).
+    ``normaliser="paper"`` (eq. 12): push_i = sum over identity centres / (C_i p) + sum over sequence
+    centres / (H_i p), where C_i and H_i are how many identity and sequence centres sample i may be
+    pushed from (C - 1 and H for an identity sample, C for a sequence sample; eq. 12 writes C - 1 and
+    H - 1, equal at scale). The two differ in how the push splits between identities and sequences: at
+    Celeb-Seq's scale (C = 79K, H = 550K) pooled gives an identity sample's identity pairs
+    (C - 1) / (C + H - 1) = 0.13 of the weight eq. 12 gives them.
+
+    Where the distance lives (decided by measurement: docs/benchmarks.md, "DSA: feature space, centre
+    speed, normaliser"). d = ||x - c||^2 / 4 as in the paper, on features the trainer prepares
+    (``aux_normalise``, ``aux_scale``):
+
+    - unit features (scale 1): d <= (1 + |c|)^2 / 4 <= 1, so with the paper's beta = 1 and alpha >= 1
+      the hinge never clips (every pair active): DSA is then a pull plus a linear push from the mean
+      sampled centre, close to centre loss;
+    - raw fc5 features (the paper, section 4.1.1): the loss's magnitude follows the features' norm,
+      which the backbone sets (2-3 for the digits MLP, 30-140 for resnet27 early on); on resnet27 the
+      auxiliary loss was 0.7-15 times the chief loss over the first 15 steps, so the clipped step mostly
+      served DSA, and on digits raw features diverged within 6 steps at lr 0.1 without a gradient clip;
+    - features normalised then scaled to norm s (the default, s = 4): bounded distances whatever the
+      backbone, and beta = 1 becomes a margin on the sphere of radius s. With trained centres near the
+      sphere and other classes about orthogonal (d_n ~ s^2 / 2 = 8), the hinge switches off once
+      d_n - alpha d_own >= 1, i.e. once a sample is within about 56 degrees of its own centre
+      (s = 2: 41 degrees, s = 6: 62 degrees). On digits the share of active hinge pairs for LSR + DSA
+      was 0.88 / 0.43 / 0.21 / 0.09 at s = 2 / 3 / 4 / 6; s = 4 keeps the margin active for a minority
+      of pairs, the hard ones.
+
+    The share of active pairs is logged as ``dsa_active``.
+    The batch mean is scaled by ``loss_weight``.
     """
 
     def __init__(
@@ -301,12 +418,19 @@ class DSALoss(CentreLossBase):
         loss_weight: float = 0.04,
         centre_rate: float = 0.5,
         seed: int = 0,
+        overlap_removed: bool = True,
+        normaliser: str = "pooled",
+        centre_update: str = "rate",
         **_: object,
     ) -> None:
-        super().__init__(num_identities, num_sequences, dim, centre_rate, loss_weight)
+        super().__init__(num_identities, num_sequences, dim, centre_rate, loss_weight, centre_update)
+        if normaliser not in DSA_NORMALISERS:
+            raise ConfigError(f"DSA normaliser {normaliser!r}: expected one of {', '.join(DSA_NORMALISERS)}")
         self.lam, self.alpha, self.beta, self.p = lam, alpha, beta, p
         self.distance = DISTANCES.get(distance)
         self.seed = seed
+        self.overlap_removed = overlap_removed
+        self.normaliser = normaliser
 
     def sample_centres(self, iteration: int) -> Tensor:
         """The shared keep-mask over all centres for ``iteration`` (a pure function of seed and iteration,
@@ -315,36 +439,62 @@ class DSALoss(CentreLossBase):
         n = self.centres.shape[0]
         return (torch.rand(n, generator=gen) < self.p).to(self.centres.device)
 
+    def eligible(self, labels: Tensor, centre_ids: Tensor) -> Tensor:
+        """(N, K) mask of the centres ``centre_ids`` each sample may be pushed from (gamma of eq. 11)."""
+        return push_pairs(labels, centre_ids, self.num_identities, self.overlap_removed)
+
     def push_mask(self, labels: Tensor, keep: Tensor) -> Tensor:
-        """(N, K) mask of the centres each sample is pushed from: kept, not its own, and no
-        sequence-to-sequence pairs."""
-        n_all = self.centres.shape[0]
-        is_seq_centre = torch.arange(n_all, device=labels.device) >= self.num_identities
-        mask = keep[None, :].expand(labels.shape[0], n_all).clone()
-        mask[torch.arange(labels.shape[0], device=labels.device), labels] = False
-        sample_is_seq = labels >= self.num_identities
-        mask &= ~(sample_is_seq[:, None] & is_seq_centre[None, :])
-        return mask
+        """(N, C + H) mask of the centres each sample is pushed from in an iteration with ``keep``."""
+        everything = torch.arange(self.centres.shape[0], device=labels.device)
+        return self.eligible(labels, everything) & keep[None, :]
+
+    def _expected_counts(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """How many identity and sequence centres each sample may be pushed from (before sampling)."""
+        c, h = self.num_identities, self.num_sequences
+        is_id = labels < c
+        n_id = torch.where(is_id, torch.full_like(labels, c - 1), torch.full_like(labels, c))
+        if self.overlap_removed:
+            n_seq = torch.where(is_id, torch.full_like(labels, h), torch.zeros_like(labels))
+        else:
+            n_id = torch.where(is_id, n_id, torch.zeros_like(labels))
+            n_seq = torch.zeros_like(labels)
+        return n_id, n_seq
 
     def forward(
         self, features: Tensor, labels: Tensor, iteration: int = 0, keep: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """The weighted DSA loss, with its pull and push parts."""
+        """The weighted DSA loss, with its pull and push parts and the share of active hinge pairs."""
         x = features.to(self.centres.dtype) if features.dtype != torch.float64 else features
         centres = self.centres.to(x.dtype)
         if keep is None:
             keep = self.sample_centres(iteration)
-        d_all = self.distance(x, centres)
-        d_own = d_all.gather(1, labels[:, None]).squeeze(1)
-        mask = self.push_mask(labels, keep).to(x.dtype)
-        hinge = (self.alpha * d_own[:, None] - d_all + self.beta).clamp_min(0.0) * mask
-        n_push = mask.sum(1)
-        push = torch.where(n_push > 0, hinge.sum(1) / n_push.clamp_min(1.0), torch.zeros_like(d_own))
+        ids = torch.nonzero(keep, as_tuple=True)[0]
+        d_own = torch.diagonal(self.distance(x, centres[labels]))
+        d = self.distance(x, centres[ids])  # (N, K): only the sampled centres
+        mask = self.eligible(labels, ids)
+        maskf = mask.to(x.dtype)
+        hinge = (self.alpha * d_own[:, None] - d + self.beta).clamp_min(0.0) * maskf
+        if self.normaliser == "pooled":
+            n_push = maskf.sum(1)
+            push = torch.where(n_push > 0, hinge.sum(1) / n_push.clamp_min(1.0), torch.zeros_like(d_own))
+        else:
+            is_id_centre = (ids < self.num_identities).to(x.dtype)
+            n_id, n_seq = (n.to(x.dtype) * self.p for n in self._expected_counts(labels))
+            id_part = (hinge * is_id_centre[None, :]).sum(1) / n_id.clamp_min(1e-12)
+            seq_part = (hinge * (1.0 - is_id_centre)[None, :]).sum(1) / n_seq.clamp_min(1e-12)
+            push = id_part + seq_part
         pull = d_own
         per_sample = self.lam * pull + (1.0 - self.lam) * push
         loss = self.loss_weight * per_sample.mean()
+        pairs = mask.sum()
+        active = ((hinge > 0) & mask).sum().to(x.dtype) / pairs.clamp_min(1).to(x.dtype)
         return _components(
-            loss, dsa_pull=pull.mean(), dsa_push=push.mean(), dsa_centres_kept=float(keep.sum())
+            loss,
+            dsa_pull=pull.mean(),
+            dsa_push=push.mean(),
+            dsa_active=active,
+            dsa_pairs=pairs.to(x.dtype),
+            dsa_centres_kept=float(keep.sum()),
         )
 
 
@@ -363,8 +513,9 @@ class MarginLoss(CentreLossBase):
     """Margin loss (Gao et al.), as we read its eqs. 3-5: Euclidean hinge between the squared distance to
     the own centre and to every other centre,
     ``loss_weight * mean_i mean_{j != y_i} max(||x_i - c_{y_i}||^2 - ||x_i - c_j||^2 + margin, 0)``,
-    with the centres updated by the centre-loss rule (as for DSA, sequence samples are not pushed from
-    other sequences' centres)."""
+    with the centres updated by the centre-loss rule and the pairs restricted as DSA's
+    (:func:`push_pairs`: no sequence-to-sequence pairs; identity-to-identity only when the sequences may
+    overlap the identity classes)."""
 
     def __init__(
         self,
@@ -374,21 +525,21 @@ class MarginLoss(CentreLossBase):
         margin: float = 1.0,
         loss_weight: float = 0.01,
         centre_rate: float = 0.5,
+        overlap_removed: bool = True,
+        centre_update: str = "rate",
         **_: object,
     ) -> None:
-        super().__init__(num_identities, num_sequences, dim, centre_rate, loss_weight)
+        super().__init__(num_identities, num_sequences, dim, centre_rate, loss_weight, centre_update)
         self.margin = margin
+        self.overlap_removed = overlap_removed
 
     def forward(self, features: Tensor, labels: Tensor, iteration: int = 0) -> dict[str, Tensor]:
         """The weighted margin loss."""
         x = features if features.dtype == torch.float64 else features.to(self.centres.dtype)
         d = 4.0 * euclidean_distance(x, self.centres.to(x.dtype))
         d_own = d.gather(1, labels[:, None])
-        n_all = d.shape[1]
-        mask = torch.ones_like(d, dtype=torch.bool)
-        mask[torch.arange(len(labels), device=labels.device), labels] = False
-        is_seq_centre = torch.arange(n_all, device=labels.device) >= self.num_identities
-        mask &= ~((labels >= self.num_identities)[:, None] & is_seq_centre[None, :])
+        everything = torch.arange(d.shape[1], device=labels.device)
+        mask = push_pairs(labels, everything, self.num_identities, self.overlap_removed)
         maskf = mask.to(x.dtype)
         hinge = (d_own - d + self.margin).clamp_min(0.0) * maskf
         per = hinge.sum(1) / maskf.sum(1).clamp_min(1.0)

@@ -6,8 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..executors import Executor
 from ..layout import RunDir
-from ..pipeline.executors import Executor
 from .config import TrainConfig
 from .trainer import run_train
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from ..memory import call_and_release
-from ..registry import Registry
+from .memory import call_and_release
+from .registry import Registry
 
 EXECUTORS: Registry[Executor] = Registry("executor")
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ..errors import requires
+from .errors import InputError, requires
 from .executors import EXECUTORS, Executor
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,15 @@ def ensure_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | N
     if not ray.is_initialized():
         if address:
             log.info("ray: joining the cluster at %s", address)
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                what = "no running Ray cluster found" if address == "auto" else f"cannot join {address}"
+                log.debug("ray.init(address=%r) failed: %s", address, exc)
+                raise InputError(
+                    f"ray: {what}; start one with `ray start --head` (docs/scaling.md), or leave "
+                    "--ray-address empty to start a local instance"
+                ) from None
         else:
             cpus = num_cpus or os.cpu_count() or 1
             log.info("ray: starting a local instance with %d CPUs", cpus)
@@ -53,7 +61,7 @@ def shutdown_ray() -> None:
 
 def apply_to_item(fn: Callable[[Any], Any], item: Any) -> Any:
     """The body of every Ray task: ``fn(item)`` (fn travels by reference, so any picklable callable works)."""
-    from ..memory import call_and_release
+    from .memory import call_and_release
 
     return call_and_release(fn, item)
 

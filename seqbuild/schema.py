@@ -114,8 +114,6 @@ REMOVALS = pa.schema(
         pa.field("identity", pa.string()),  # gallery_match: the gallery identity matched
         pa.field("fpir", pa.float64()),  # gallery_match: estimated false-positive identification rate
         pa.field("decided_by", pa.string()),  # who decided: "auto" or the person named in a decisions file
-        pa.field("first_frame", pa.int64()),  # the frame range the reason refers to (a transition)
-        pa.field("last_frame", pa.int64()),
     ]
 )
 """Every row removed by any stage, with why: removals are written, never silently dropped."""

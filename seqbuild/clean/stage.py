@@ -261,10 +261,27 @@ def _sequence_rows(seq_id: str, video_id: str, cols: dict[str, Any], rows: list[
 
 
 def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") -> dict[str, Any]:
-    """Step 1 for one video, in memory: assignments, sequences, removals and centres tables, plus the
-    similarity figures the dry run shows."""
+    """Step 1 for one video: read its tracked faces, embeddings and cuts, then :func:`clean_faces`."""
     faces, cols, emb, _ = load_video_inputs(run, shard)
     video_id = shard if not faces.num_rows else faces.column("video_id")[0].as_py()
+    return clean_faces(video_id, cols, emb, cut_times(run, shard), cfg, device)
+
+
+def clean_faces(
+    video_id: str,
+    cols: dict[str, Any],
+    emb: np.ndarray,
+    cuts: np.ndarray,
+    cfg: CleanConfig,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Step 1 for one video's tracked faces, no I/O: assignments, sequences, removals and centres tables,
+    plus the similarity figures the dry run shows.
+
+    ``cols`` holds the faces' columns (face_id, seq_id, frame_idx, pts, shot_id, det_score, face_size,
+    blur, yaw), grouped by sequence and in time order within each; ``emb`` their normalised embeddings
+    row for row; ``cuts`` the times (s) of the video's shot boundaries.
+    """
     seq_ids = np.array(cols["seq_id"])
     assign_rows, seq_rows, removal_rows, centres = [], [], [], []
     sims_centre, near_dup = [], []
@@ -272,7 +289,7 @@ def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") 
         np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1]]) if len(seq_ids) else np.zeros(0, np.int64)
     )
     ends = np.r_[starts[1:], len(seq_ids)] if len(seq_ids) else np.zeros(0, np.int64)
-    cols["cut_distance"] = filters.cut_distance(cols["pts"], cut_times(run, shard))
+    cols = {**cols, "cut_distance": filters.cut_distance(cols["pts"], cuts)}
     qual_cols = ("face_size", "blur", "det_score", "yaw", "cut_distance")
     for a, b in zip(starts, ends, strict=True):
         seq_id = str(seq_ids[a])

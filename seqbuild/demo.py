@@ -195,11 +195,12 @@ class Move:
     """One pane of a shot: how the person moves and how the camera films it, linearly from a to b.
 
     Framing is relative to the face box: ``zoom`` is the view's height in face heights and ``pan`` the
-    view centre's offset from the face centre in face widths and heights (x, y). Angles are degrees: ``yaw`` turns
-    the head (positive: to the picture's right), ``pitch`` nods it (positive: up), ``roll`` tilts the
-    camera. The key light comes from ``light`` degrees (negative: the picture's left, 0: the camera)
-    with strength ``key`` over the ambient light; ``tint`` is its colour (R, G, B gains), ``exposure``
-    the overall gain, ``blur`` the defocus (Gaussian sigma in pane pixels).
+    view centre's offset from the face centre in face widths and heights (x, y). Angles are degrees:
+    ``yaw`` turns the head (positive: the nose goes to the picture's right), ``pitch`` nods it
+    (positive: up), ``roll`` tilts the camera. The key light comes from ``light`` degrees (negative:
+    the picture's left, 0: the camera) with strength ``key`` over the ambient light; ``tint`` is its
+    colour (R, G, B gains), ``exposure`` the overall gain, ``blur`` the defocus (Gaussian sigma in pane
+    pixels).
     """
 
     identity: str
@@ -437,6 +438,19 @@ def head_fields(
     inside = _smoothstep((1.25 - np.sqrt(u * u + v * v)) / 0.35)
     lit = inside * lambert + (1.0 - inside) * 0.5
     return dx, dy, (0.55 + key * lit) / (0.55 + key * 0.85)
+
+
+def render_view(
+    photo: np.ndarray, centre: tuple[float, float], view_w: float, size: tuple[int, int]
+) -> np.ndarray:
+    """A still camera's view of ``photo``: a window of width ``view_w`` centred at ``centre``, scaled to ``size``."""
+    w, h = size
+    scale = w / view_w
+    cx, cy = centre
+    m = np.array([[scale, 0.0, w / 2 - scale * cx], [0.0, scale, h / 2 - scale * cy]], np.float32)
+    return cv2.warpAffine(
+        photo, m, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR, borderValue=(20, 20, 24)
+    )
 
 
 def render_pane(stage: Stage, move: Move, s: float, size: tuple[int, int]) -> np.ndarray:

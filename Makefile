@@ -13,9 +13,10 @@ PYTEST_ARGS ?=
 .PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e clean-venv
 
 # The demo's photos of seven of its people ship in insightface 2.1's source archive: set-up downloads it into
-# the user cache (the demo reads the photos from it; it is never installed). Offline the demo shows fewer people.
+# the user cache (the demo reads the photos from it; it is never installed; its metadata is read with the venv's
+# setuptools, as for `pip install -e .`). Offline the demo shows fewer people.
 setup: $(STAMP)
-	@c="$${XDG_CACHE_HOME:-$$HOME/.cache}/seqbuild"; test -f "$$c/insightface-2.1.tar.gz" || $(PY) -m pip download -q --no-deps --no-binary :all: --retries 1 --timeout 15 -d "$$c" insightface==2.1 || echo "note: insightface 2.1's source archive could not be downloaded: the demo will show fewer people"
+	@c="$${XDG_CACHE_HOME:-$$HOME/.cache}/seqbuild"; test -f "$$c/insightface-2.1.tar.gz" || $(PY) -m pip download -q --no-deps --no-binary :all: --no-build-isolation --retries 1 --timeout 15 -d "$$c" insightface==2.1 || echo "note: insightface 2.1's source archive could not be downloaded: the demo will show fewer people"
 
 $(STAMP): pyproject.toml tools/requirements.py tools/constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -257,11 +257,11 @@ def _clips(folder: Path) -> list[str]:
     a, h = "astronaut", "grace_hopper"
     specs = [
         [
-            Shot(20, [Move(a, (224, 130), (224, 118), 480, 420)]),
-            Shot(20, [Move(h, (230, 230), (260, 230), 480, 480)]),
+            Shot(20, [Move(a, zoom=(3.2, 2.8))]),
+            Shot(20, [Move(h, zoom=(2.6, 2.6), pan=((0.0, 0.2), (0.15, 0.2)))]),
         ],
-        [Shot(20, [Move(h, (260, 232), (262, 240), 440, 500)]), Shot(10, [])],
-        [Shot(25, [Move(a, (226, 120), (218, 124), 260, 240), Move(h, (262, 232), (268, 226), 330, 310)])],
+        [Shot(20, [Move(h, zoom=(2.4, 2.8))]), Shot(10, [])],
+        [Shot(25, [Move(a, zoom=(2.6, 2.4)), Move(h, zoom=(2.4, 2.6))])],
     ]
     out = []
     for i, shots in enumerate(specs):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from .common import (
@@ -95,3 +98,12 @@ def gallery_build(src, out, name, identities, config_path, sets, log_level, **fl
         click.echo(
             f"  {len(manifest['identities_without_images'])} identities have no usable image", err=True
         )
+    damaged = manifest["status_counts"].get("unreadable", 0) if manifest["source_kind"] == "rec" else 0
+    if damaged:
+        # One RecordIO file holds every image: an unreadable record means the file is damaged.
+        click.echo(
+            f"error: {src}: {damaged} damaged record(s), listed in {Path(out) / 'images'}; "
+            "the gallery holds the others",
+            err=True,
+        )
+        sys.exit(1)

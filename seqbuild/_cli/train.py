@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -98,3 +99,10 @@ def import_identities(src, out, config_path, sets, log_level, no_progress, **fla
     pipeline = load_config(config_path, sets, flags_layer("import_identities", **flags))
     summary = run_import(src, out, pipeline["import_identities"], progress=not no_progress)
     click.echo(json.dumps(summary))
+    if summary.get("refused"):
+        click.echo(
+            f"error: {src}: {summary['refused']} damaged record(s) or unusable identity folder(s) refused "
+            f"(listed in {Path(out) / 'skipped.json'}); the other {summary['images']} images were imported",
+            err=True,
+        )
+        sys.exit(1)

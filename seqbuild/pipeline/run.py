@@ -32,6 +32,7 @@ from ..layout import RunDir
 from ..memory import release_free_memory
 from ..runstate import read_state, stage_lock, write_state
 from ..stages import CHAIN, SPECS, StageSpec, stage_names, stage_spec
+from ..storage import ensure_folder, remove_stale_temporaries
 from .loading import Pipeline, save_config
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,14 @@ def run_stage(
     """Run one stage of ``run`` with its section of ``pipeline`` (see the module docstring)."""
     spec = stage_spec(name)
     rd = RunDir(run)
-    rd.root.mkdir(parents=True, exist_ok=True)
+    ensure_folder(rd.root, "run folder")
     cfg = pipeline[spec.name]
     with stage_lock(rd.root, spec.name, wait=wait):
+        if spec.per_video and (rd.root / spec.name).is_dir():
+            # Under the lock no other command writes this stage: what a killed run left half-written goes.
+            stale = remove_stale_temporaries(rd.root / spec.name)
+            if stale:
+                log.info("%s: removed %d temporary file(s) left by an interrupted run", spec.name, stale)
         chain = chained_hash(_previous_chain(rd, spec), spec, cfg)
         options = output_values(cfg)
         state = read_state(rd.root, spec.name)
@@ -197,7 +203,7 @@ def run_pipeline(
 ) -> list[StageResult]:
     """Run the stages of ``pipeline['run'].stages`` in order on ``run``; returns what happened to each."""
     rd = RunDir(run)
-    rd.root.mkdir(parents=True, exist_ok=True)
+    ensure_folder(rd.root, "run folder")
     runcfg = pipeline["run"]
     executor_name = executor or runcfg.executor
     address = runcfg.ray_address if ray_address is None else ray_address

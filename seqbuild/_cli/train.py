@@ -100,9 +100,13 @@ def import_identities(src, out, config_path, sets, log_level, no_progress, **fla
     summary = run_import(src, out, pipeline["import_identities"], progress=not no_progress)
     click.echo(json.dumps(summary))
     if summary.get("refused"):
+        from ..train.identities import REFUSED
+
+        listed = Path(out) / "skipped.json"
+        first = next(s for s in json.loads(listed.read_text()) if s["reason"] in REFUSED)
         click.echo(
-            f"error: {src}: {summary['refused']} damaged record(s) or unusable identity folder(s) refused "
-            f"(listed in {Path(out) / 'skipped.json'}); the other {summary['images']} images were imported",
+            f"error: {first['detail']} ({summary['refused']} damaged record(s) or unusable identity "
+            f"folder(s) refused in all, listed in {listed}; the other {summary['images']} images were imported)",
             err=True,
         )
         sys.exit(1)

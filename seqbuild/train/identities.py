@@ -26,6 +26,8 @@ from .data import IDENTITY_TABLE
 log = logging.getLogger("seqbuild.train")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+REFUSED = ("bad_identity", "damaged")
+"""Reasons of ``skipped.json`` that mean the source itself is damaged or unsafe (the command fails)."""
 PART_ROWS = 50_000
 
 
@@ -68,8 +70,9 @@ def import_folder(src: Path, out: Path, cfg: ImportConfig, progress: bool = True
     for folder in folders:
         why = unsafe_name_reason(folder.name)
         if why:
+            detail = f"{folder}: not usable as an identity name ({why})"
             refused.append(
-                {"source": str(folder), "identity": folder.name, "reason": "bad_identity", "detail": why}
+                {"source": str(folder), "identity": folder.name, "reason": "bad_identity", "detail": detail}
             )
         else:
             identities.append(folder)

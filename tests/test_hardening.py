@@ -215,6 +215,45 @@ def test_an_output_damaged_in_place_is_redone_by_its_stage(tmp_path, caplog):
     read_table(path)  # whole again
 
 
+def test_run_redoes_an_output_damaged_in_place_instead_of_skipping_the_stage(tmp_path, caplog):
+    toml = track_pipeline(tmp_path / "p.toml")
+    run = ingested(tmp_path / "run")
+    run_pipeline(run.root, load_pipeline(toml), progress=False)
+    path = run.track.table_path("assignments", VIDEOS[0])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    results = run_pipeline(run.root, load_pipeline(toml), progress=False)
+    assert results[0].status == "ran" and results[0].summary["done"] == 1
+    read_table(path)
+    assert run_pipeline(run.root, load_pipeline(toml), progress=False)[0].status == "skipped"
+
+
+def test_a_run_log_that_cannot_be_written_is_said_once(tmp_path, capsys):
+    import logging
+
+    from seqbuild.logs import RunLogHandler
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    handler = RunLogHandler(tmp_path / "seqbuild.log")
+    handler.setStream(FullDisk())
+    logger = logging.getLogger("seqbuild.test-full-log")
+    logger.addHandler(handler)
+    try:
+        for i in range(3):
+            logger.warning("message %d", i)
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.count("cannot write the run log (No space left on device)") == 1 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("content", ["", '{"shard": "0000000', "[1, 2]", '{"shard": "other"}'])
 def test_an_empty_or_truncated_marker_means_not_done(tmp_path, content, caplog):
     run = ingested(tmp_path / "run")

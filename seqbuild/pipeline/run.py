@@ -116,6 +116,13 @@ def _upstream_done(run: RunDir, spec: StageSpec) -> set[str]:
     return set(run.stage(CHAIN[i - 1]).done_shards()) if i else set()
 
 
+def _whole_shards(run: RunDir, stage: str) -> set[str]:
+    """The stage's done shards whose outputs still match the checksums in their markers (a damaged one is
+    left out with a warning, so the stage runs and redoes it instead of the next stage failing on it)."""
+    store = run.stage(stage)
+    return {s for s in store.done_shards() if store.is_done(s, store.marker(s).get("config_hash"))}
+
+
 def run_stage(
     run: str | Path,
     name: str,
@@ -155,7 +162,7 @@ def run_stage(
             inputs_same = spec.name != "ingest" or (
                 state.get("inputs") == list(cfg.inputs) and inputs_are_fixed(cfg.inputs)
             )
-            if inputs_same and _upstream_done(rd, spec) <= set(rd.stage(spec.name).done_shards()):
+            if inputs_same and _upstream_done(rd, spec) <= _whole_shards(rd, spec.name):
                 log.info("%s: complete for these options, skipped", spec.name)
                 return StageResult(spec.name, "skipped", summary=state.get("summary", {}))
 

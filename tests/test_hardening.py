@@ -436,6 +436,29 @@ def test_full_disk_in_ingest_detections_writer_is_one_line(tmp_path, monkeypatch
     assert again.exit_code == 0 and "done=1" in again.output
 
 
+def test_an_interrupted_ingest_stops_its_decoding_thread_before_closing_the_video(tmp_path, monkeypatch):
+    import threading
+
+    from test_ingest_stage import cfg_for, make_video
+
+    from seqbuild.ingest.stage import ShardBuilder, run_ingest
+
+    clip = make_video(tmp_path / "c.mp4", frames=120, cut_at=None)
+
+    def interrupted(self, item):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardBuilder, "add", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_ingest(tmp_path / "run", cfg_for([clip], detect_every=1), progress=False)
+    # The traceback is still held here, as it is while the CLI reports the interruption.
+    assert info.value is not None
+    assert not [t for t in threading.enumerate() if t.name == "ingest-decode"], (
+        "decoding thread still running"
+    )
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
 def test_the_appending_writer_reports_a_full_disk(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 

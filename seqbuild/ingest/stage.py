@@ -9,6 +9,7 @@ A source that cannot be read gives a ``failed`` videos row with a one-line error
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -485,12 +486,16 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
         builder = ShardBuilder(task.video, source, cfg, store, task.key)
         status, error = "ok", None
         bar = _frame_bar(task, info.frames)
+        # Closed before the container is, whatever ends the loop (Ctrl-C, a full disk): the decoding
+        # thread must stop using the container before it is freed.
+        scan = contextlib.closing(_scan_ahead(container, builder, depth=2 * cfg.batch_size))
         try:
-            for n, item in _scan_ahead(container, builder, depth=2 * cfg.batch_size):
-                if item is not None:
-                    builder.add(item)
-                if bar is not None:
-                    bar.update(n)
+            with scan as frames:
+                for n, item in frames:
+                    if item is not None:
+                        builder.add(item)
+                    if bar is not None:
+                        bar.update(n)
         except (av.error.FFmpegError, OSError) as exc:
             status = "partial" if builder.frames_read else "failed"
             where = f"at frame {builder.frames_read}" + (

@@ -654,6 +654,24 @@ def test_a_corrupt_faiss_index_is_one_error_not_one_per_video(tmp_path):
     assert [ln for ln in result.output.splitlines() if "index.faiss" in ln] == [_last_error(result)]
 
 
+def test_a_broken_new_gallery_costs_nothing_already_written(tmp_path):
+    from test_overlap_fakes import RED, colour_vector
+    from test_overlap_stage import features_gallery, make_run
+
+    run = make_run(tmp_path / "run")
+    good = features_gallery(tmp_path / "good", ["alice"], [colour_vector(RED)])
+    args = ["dedup-overlap", str(run.root), "--threshold", "0.5", "--no-progress"]
+    assert runner.invoke(cli, [*args, "--gallery", str(good)]).exit_code == 0
+    before = {p: p.read_bytes() for p in run.root.rglob("*.parquet")}
+    assert any("dataset" in str(p) for p in before)
+    broken = features_gallery(tmp_path / "broken", ["alice"], [colour_vector(RED)])
+    (broken / "index.faiss").write_bytes(b"not an index" * 10)
+    result = runner.invoke(cli, [*args, "--gallery", str(broken)])
+    assert result.exit_code == 1 and "index.faiss" in _last_error(result)
+    assert {p: p.read_bytes() for p in run.root.rglob("*.parquet")} == before
+    assert RunDir(run.root).dedup_overlap.done_shards()
+
+
 def test_rerun_over_sources_that_failed_before_is_not_a_success(tmp_path, allow_error_logs):
     from test_ingest_stage import make_video
 

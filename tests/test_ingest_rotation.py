@@ -150,9 +150,10 @@ def _rotated_copy_of(source: Path, folder: Path, seconds: float = 2.0) -> tuple[
         base = ["ffmpeg", "-v", "error", "-y", "-i", str(source), "-t", str(seconds), "-an"]
         codec = ["-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p"]
         subprocess.run([*base, *codec, str(upright)], check=True)
-        subprocess.run(
-            [*base, "-vf", "transpose=clock", *codec, "-metadata:s:v", "rotate=90", str(rotated)], check=True
-        )
+        sideways = folder / "sideways.mp4"  # the pixels turned; then the matrix that turns them back
+        subprocess.run([*base, "-vf", "transpose=clock", *codec, str(sideways)], check=True)
+        tag = ["ffmpeg", "-v", "error", "-y", "-i", str(sideways), "-c", "copy", "-metadata:s:v", "rotate=90"]
+        subprocess.run([*tag, str(rotated)], check=True)
         container = open_container(str(rotated))
         made = next(iter_frames(container)).orientation.quarter_turns == 1
         container.close()

@@ -639,6 +639,12 @@ def plan(
     return todo, skipped, failed_before
 
 
+def check_inputs(run: str | Path, cfg: IngestConfig) -> None:
+    """InputError when ``cfg.inputs`` names no source at all (checked before a changed run is reset)."""
+    if not expand_inputs(cfg.inputs):
+        raise InputError("no inputs given (video files, folders, .txt lists or stream URLs)")
+
+
 def run_ingest(
     run: str | Path, cfg: IngestConfig, executor: Executor | None = None, progress: bool = True
 ) -> StageSummary:

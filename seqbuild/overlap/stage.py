@@ -396,6 +396,15 @@ def write_dataset_shard(run: RunDir, shard: str, config_hash: str = "") -> dict[
     return {"faces": faces.num_rows, "sequences": seqs.num_rows, "removals": removals.num_rows}
 
 
+def check_inputs(run: str | Path, cfg: OverlapConfig) -> None:
+    """Load (or build) every gallery, checking its index; InputError or ConfigError naming the one that
+    cannot be used (run before a changed run's dataset is reset)."""
+    rd = RunDir(run)
+    rd.require(cfg.input_stage, STAGE)
+    rd.require("embed", STAGE)
+    resolve_galleries(rd, cfg, run_embedder_name(rd), progress=False)
+
+
 def run_dedup_overlap(
     run: str | Path, cfg: OverlapConfig, executor: Executor | None = None, progress: bool = True
 ) -> StageSummary:

@@ -148,6 +148,7 @@ def run_stage(
         options = output_values(cfg)
         state = read_state(rd.root, spec.name)
         if state is not None and state.get("chain") != chain:
+            spec.check_inputs(rd.root, cfg)  # a bad input is refused before the old outputs are dropped
             diff = changed_keys(state.get("config", {}), options)
             why = f"options changed ({'; '.join(diff)})" if diff else "an earlier stage's options changed"
             if spec.per_video:

@@ -436,7 +436,10 @@ def test_full_disk_in_ingest_detections_writer_is_one_line(tmp_path, monkeypatch
     assert again.exit_code == 0 and "done=1" in again.output
 
 
-def test_an_interrupted_ingest_stops_its_decoding_thread_before_closing_the_video(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["detecting", "starting the decoding thread"])
+def test_an_interrupted_ingest_stops_its_decoding_thread_before_closing_the_video(
+    tmp_path, monkeypatch, where
+):
     import threading
 
     from test_ingest_stage import cfg_for, make_video
@@ -444,11 +447,21 @@ def test_an_interrupted_ingest_stops_its_decoding_thread_before_closing_the_vide
     from seqbuild.ingest.stage import ShardBuilder, run_ingest
 
     clip = make_video(tmp_path / "c.mp4", frames=120, cut_at=None)
+    if where == "detecting":
 
-    def interrupted(self, item):
-        raise KeyboardInterrupt
+        def interrupted(self, item):
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(ShardBuilder, "add", interrupted)
+        monkeypatch.setattr(ShardBuilder, "add", interrupted)
+    else:
+        start = threading.Thread.start
+
+        def started_then_interrupted(self):
+            start(self)
+            if self.name == "ingest-decode":
+                raise KeyboardInterrupt  # as when Ctrl-C lands while start() waits for the thread
+
+        monkeypatch.setattr(threading.Thread, "start", started_then_interrupted)
     with pytest.raises(KeyboardInterrupt) as info:
         run_ingest(tmp_path / "run", cfg_for([clip], detect_every=1), progress=False)
     # The traceback is still held here, as it is while the CLI reports the interruption.

@@ -701,7 +701,7 @@ def failed_sources(c: Cases) -> None:
         "re-run over a source that failed before",
         "seqbuild ingest CLIP MISSING --out RUN (again)",
         again.returncode,
-        next((ln for ln in again.stderr.splitlines() if ln.startswith("error:")), one_line(again)),
+        next((ln for ln in again.stderr.splitlines() if "earlier run" in ln), one_line(again)),
         "yes",
         yes(fixed.returncode == 0 and "done=1" in fixed.stdout),
         first.returncode == 1 and again.returncode == 1 and "earlier run" in again.stderr,

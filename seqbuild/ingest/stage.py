@@ -9,7 +9,6 @@ A source that cannot be read gives a ``failed`` videos row with a one-line error
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -423,48 +422,84 @@ def ingest_source(task: VideoTask) -> dict[str, Any]:
 _END = object()
 
 
-def _scan_ahead(container: Any, builder: ShardBuilder, depth: int) -> Iterator[tuple[int, Any]]:
+class _ScanAhead:
     """Decode and scan frames in a thread, ``depth`` frames ahead of the detector.
 
     FFmpeg decoding, the thumbnails and the RGB conversions release the GIL, so they run on one core
-    while the detector works on another. Yields ``(frames scanned, detection item or None)``; an
-    error in decoding is raised here, after the frames before it.
+    while the detector works on another. Iterating yields ``(frames scanned, detection item or None)``;
+    an error in decoding is raised there, after the frames before it. The thread uses the container, so
+    it is stopped and joined however the reading ends, even when Ctrl-C lands while it is starting;
+    :attr:`stopped` says whether the container may be closed.
     """
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(value: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, container: Any, builder: ShardBuilder, depth: int) -> None:
+        self.container = container
+        self.builder = builder
+        self.out: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="ingest-decode", daemon=True)
+        self.launched = False
+
+    def _put(self, value: Any) -> bool:
+        while not self.stop.is_set():
             try:
-                out.put(value, timeout=0.1)
+                self.out.put(value, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for frame in iter_frames(container):
-                if not put((1, builder.scan(frame, frame.index))):
+            for frame in iter_frames(self.container):
+                if not self._put((1, self.builder.scan(frame, frame.index))):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
+            self._put(exc)
             return
-        put(_END)
+        self._put(_END)
 
-    thread = threading.Thread(target=produce, name="ingest-decode", daemon=True)
-    thread.start()
-    try:
+    @property
+    def stopped(self) -> bool:
+        """True when the decoding thread never ran or has ended."""
+        return not self.launched or not self.thread.is_alive()
+
+    def __enter__(self) -> Iterator[tuple[int, Any]]:
+        self.launched = True
+        try:
+            self.thread.start()
+        except RuntimeError:
+            self.launched = False  # no thread could be made
+            raise
+        except BaseException:
+            self.close()  # Ctrl-C while the thread was starting: it runs, so stop it
+            raise
+        return self._items()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _items(self) -> Iterator[tuple[int, Any]]:
         while True:
-            value = out.get()
+            value = self.out.get()
             if value is _END:
                 return
             if isinstance(value, BaseException):
                 raise value
             yield value
-    finally:
-        stop.set()
-        thread.join()
+
+    def close(self) -> None:
+        """Stop the decoding thread and wait for it (a start cut short by Ctrl-C still completes)."""
+        self.stop.set()
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            try:
+                self.thread.join(timeout=1.0)
+            except RuntimeError:  # started by the OS but not yet marked started
+                time.sleep(0.01)
+                continue
+            if not self.thread.is_alive():
+                return
 
 
 def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[str, Any]:
@@ -481,14 +516,13 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
         write_video_row(store, row, task.key)
         return _summary(row)
     builder = None
+    scan: _ScanAhead | None = None
     try:
         info = video_info(container)
         builder = ShardBuilder(task.video, source, cfg, store, task.key)
         status, error = "ok", None
         bar = _frame_bar(task, info.frames)
-        # Closed before the container is, whatever ends the loop (Ctrl-C, a full disk): the decoding
-        # thread must stop using the container before it is freed.
-        scan = contextlib.closing(_scan_ahead(container, builder, depth=2 * cfg.batch_size))
+        scan = _ScanAhead(container, builder, depth=2 * cfg.batch_size)
         try:
             with scan as frames:
                 for n, item in frames:
@@ -537,7 +571,10 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
             builder.abort()
         raise
     finally:
-        container.close()
+        # The decoding thread must be done with the container before it is freed; if a second Ctrl-C
+        # cut the wait short, the container is left to the exiting process rather than freed under it.
+        if scan is None or scan.stopped:
+            container.close()
 
 
 def _period(fps: float | None) -> float:

@@ -92,8 +92,9 @@ def test_safe_name_keeps_ordinary_ids_unchanged():
         assert safe_name(good) == good
 
 
-@pytest.mark.parametrize("crafted", ["../../../x", "/tmp/seqbuild-escape-x"])
+@pytest.mark.parametrize("crafted", ["../../../x", "ABSOLUTE"])
 def test_export_never_writes_outside_its_folder(tmp_path, crafted):
+    crafted = str(tmp_path / "escape-x") if crafted == "ABSOLUTE" else crafted
     run = ingested(tmp_path / "run")
     run_pipeline(run.root, load_pipeline(track_pipeline(tmp_path / "p.toml")), progress=False)
     plant_crafted_shard(run, ["ingest", "track"], VIDEOS[0], crafted)
@@ -102,7 +103,6 @@ def test_export_never_writes_outside_its_folder(tmp_path, crafted):
     result = runner.invoke(cli, ["export", str(run.root), "--after", "track", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert files_outside(tmp_path, run.root, out) == before
-    assert not Path("/tmp/seqbuild-escape-x.parquet").exists()
     assert sorted(p.stem for p in (out / "faces").iterdir()) == VIDEOS  # the real videos, nothing else
 
 
@@ -733,7 +733,14 @@ def _seqbuild(*args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         env=env,
         start_new_session=True,
+        preexec_fn=_interruptible,
     )
+
+
+def _interruptible() -> None:
+    # A shell that starts a job in the background ignores SIGINT in it, and children inherit that;
+    # the command under test must see Ctrl-C the way it does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_lock(run: Path, stage: str, pid: int, proc: subprocess.Popen, timeout: float = 120) -> None:

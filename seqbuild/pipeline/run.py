@@ -6,12 +6,15 @@ Both go through :func:`run_stage`, so a stage behaves the same whichever command
 - it records in ``RUN/_pipeline/<stage>.json`` the hash of the stage's output options chained with the
   record of the stage before it, the options it ran with, and whether it finished without failures;
 - when that chained hash differs from the recorded one (its options or an earlier stage's changed), it
-  logs which options changed and makes every video of the stage incomplete (markers first, so a crash in
-  between leaves shards incomplete rather than stale) before running it again;
+  runs the stage's input check (a broken gallery, no sources: refused with nothing lost), logs which
+  options changed and makes every video of the stage incomplete (markers first, so a crash in between
+  leaves shards incomplete rather than stale) before running it again;
 - it merges the stage's section into ``RUN/config.toml``, the run's memory.
 
-``seqbuild run`` also skips a stage outright when its record is complete for the same chained hash and
-every video of the stage before it is done; each stage skips its own completed videos in any case.
+``seqbuild run`` also skips a stage outright when its record is complete for the same chained hash, every
+video of the stage before it is done, and every output still matches the checksum in its marker; each
+stage skips its own completed videos in any case. Before a stage runs, temporary files that interrupted
+commands left in its folder are removed (under the lock, and only those whose writer is gone).
 """
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ def cache(tmp_path_factory):
 def facenet(cache):
     from seqbuild import driver
 
-    model = models.create_embedder("facenet", device="cpu", batch_size=4)
+    model = models.create_embedder("facenet", device="cpu", batch_size=4, precision="fp32")
     # the stage and the CLI below reuse this model instead of loading the weights again
-    driver._PROCESS_CACHE[("embedder", "facenet", "", "cpu", 4, "fixed")] = model
+    driver._PROCESS_CACHE[("embedder", "facenet", "", "cpu", 4, "fixed", "fp32")] = model
     return model
 
 
@@ -252,3 +252,42 @@ def test_batch_size_zero_picks_the_device_default(facenet):
     auto = models.TorchEmbedder(facenet.model, "cpu", 0, "fixed")
     assert auto.batch_size == models.CPU_BATCH
     assert models.TorchEmbedder(facenet.model, "cpu", 7, "fixed").batch_size == 7
+
+
+def test_precision_resolves_per_device_and_refuses_what_cannot_run(monkeypatch):
+    assert models.resolve_precision(None, "cpu") == "fp32"  # callers that do not ask keep fp32
+    assert models.resolve_precision(None, "cuda:0") == "fp16"
+    assert models.resolve_precision("auto", "cuda") == "fp16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.resolve_precision("auto", "cpu") == "fp32"
+    assert models.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(InputError, match="fp16 needs a CUDA"):
+        models.resolve_precision("fp16", "cpu")
+    with pytest.raises(InputError, match="expected one of"):
+        models.resolve_precision("int4", "cpu")
+
+
+def test_bf16_vectors_stay_close_to_fp32_and_keep_identities(facenet, aligned_faces):
+    import copy
+
+    fp32 = models.TorchEmbedder(copy.deepcopy(facenet.model), "cpu", 4, "fixed", "fp32")
+    bf16 = models.TorchEmbedder(copy.deepcopy(facenet.model), "cpu", 4, "fixed", "bf16")
+    assert bf16.precision == "bf16" and bf16.weights_digest == fp32.weights_digest
+    fp32.dim = bf16.dim = 512
+    a, b = fp32.embed(aligned_faces), bf16.embed(aligned_faces)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert np.min(np.sum(a * b, axis=1)) > 0.999
+    th = facenet.same_identity_threshold
+    assert b[0] @ b[2] > th and b[1] @ b[3] > th and b[0] @ b[1] < th
+
+
+def test_embed_hash_names_the_precision_used(tmp_path, aligned_faces, facenet, monkeypatch):
+    from seqbuild.embed import stage
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert stage.embed_precision(EmbedConfig(device="cpu")) == "fp32"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert stage.embed_precision(EmbedConfig(device="cpu")) == "bf16"
+    assert stage.embed_precision(EmbedConfig(device="cpu", precision="fp32")) == "fp32"

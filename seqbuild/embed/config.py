@@ -25,4 +25,19 @@ class EmbedConfig:
         "facenet input standardisation: fixed = (x - 127.5) / 128 as the model was trained | prewhiten",
         choices=("fixed", "prewhiten"),
     )
+    # bf16 moves each vector by at most 1 - cosine 2e-4 from fp32 on real faces and kept every decision
+    # of clean and dedup-overlap on the benchmark broadcasts (docs/benchmarks.md), at 4x fp32's speed on
+    # a CPU with AMX. The precision used is part of the output hash, so a run made with fp32 is not
+    # mixed with one made with bf16.
+    precision: str = option(
+        "auto",
+        "arithmetic of the network: auto = fp16 on CUDA, bf16 on a CPU with native bfloat16 (AMX or "
+        "AVX512-BF16), else fp32 | fp32 | bf16 | fp16 (CUDA)",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
     workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
+    # As for ingest's MTCNN: two intra-op threads per process gain little over one on a quiet 2-core
+    # machine and lose 5-10x on a loaded one (threads waiting for each other at every layer).
+    threads: int = option(
+        1, "torch CPU threads per worker (0 = torch's default, one per core)", min=0, affects_output=False
+    )

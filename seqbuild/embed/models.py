@@ -157,12 +157,52 @@ def default_batch_size(device: str) -> int:
     return CUDA_BATCH if str(device).startswith("cuda") else CPU_BATCH
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Arithmetic of the network: ``auto`` is fp16 on CUDA, bf16 on a CPU that computes it natively, else fp32."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16, read from /proc/cpuinfo).
+
+    Elsewhere oneDNN emulates bf16, which is slower than fp32, so ``auto`` stays at fp32 there.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """The precision ``precision`` means on ``device`` (None: fp16 on CUDA, fp32 on the CPU).
+
+    bf16 keeps fp32's exponent range with an 8-bit mantissa: FaceNet's vectors stay within cosine
+    0.9998 of fp32's on real faces (docs/benchmarks.md), at about 4x the speed on a CPU with AMX.
+    """
+    cuda = str(device).startswith("cuda")
+    if precision is None:
+        return "fp16" if cuda else "fp32"
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if cuda else ("bf16" if cpu_has_native_bf16() else "fp32")
+    if precision == "fp16" and not cuda:
+        raise InputError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return precision
+
+
 class TorchEmbedder(Embedder):
-    """Shared batching for torch models: resize, standardise, NCHW, fp16 on CUDA, L2-normalise."""
+    """Shared batching for torch models: resize, standardise, NCHW, precision per device, L2-normalise."""
 
     input_size = 160
 
-    def __init__(self, model, device: str, batch_size: int, normalisation: str) -> None:
+    def __init__(
+        self, model, device: str, batch_size: int, normalisation: str, precision: str | None = None
+    ) -> None:
         import torch
 
         if normalisation not in NORMALISATIONS:
@@ -170,11 +210,15 @@ class TorchEmbedder(Embedder):
         self.device = device
         self.batch_size = int(batch_size) if batch_size > 0 else default_batch_size(device)
         self.normalisation = normalisation
-        self.half = device.startswith("cuda")
+        self.precision = resolve_precision(precision, device)
+        self.half = self.precision == "fp16"
         self.weights_digest = state_digest(model)
         self.input_spec = f"{normalisation}-{self.input_size}"
         model = model.eval().to(device)
-        self.model = model.half() if self.half else model
+        # bf16 convolutions run on oneDNN's AMX/AVX512-BF16 kernels only in channels-last layout.
+        self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self._layout = torch.channels_last if self.precision == "bf16" else torch.contiguous_format
+        self.model = model.to(dtype=self._dtype, memory_format=self._layout)
         self._torch = torch
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
@@ -192,7 +236,7 @@ class TorchEmbedder(Embedder):
                 x = torch.from_numpy(
                     np.ascontiguousarray(self.prepare(batch[start : start + self.batch_size]))
                 )
-                x = x.to(self.device, dtype=torch.float16 if self.half else torch.float32)
+                x = x.to(self.device, dtype=self._dtype).contiguous(memory_format=self._layout)
                 out[start : start + len(x)] = self.model(x).float().cpu().numpy()
         return l2_normalise(out)
 
@@ -259,7 +303,12 @@ class FaceNetEmbedder(TorchEmbedder):
     same_identity_threshold = FACENET_SAME_IDENTITY
 
     def __init__(
-        self, weights: str = "", device: str = "auto", batch_size: int = 0, normalisation: str = "fixed"
+        self,
+        weights: str = "",
+        device: str = "auto",
+        batch_size: int = 0,
+        normalisation: str = "fixed",
+        precision: str | None = None,
     ) -> None:
         from facenet_pytorch import InceptionResnetV1
 
@@ -270,7 +319,7 @@ class FaceNetEmbedder(TorchEmbedder):
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise InputError(f"{weights}: not InceptionResnetV1 weights ({first})") from None
-        super().__init__(model, resolve_device(device), batch_size, normalisation)
+        super().__init__(model, resolve_device(device), batch_size, normalisation, precision)
 
 
 @EMBEDDERS.register("seqface")
@@ -280,7 +329,14 @@ class SeqFaceEmbedder(TorchEmbedder):
     name = "seqface"
     same_identity_threshold = SEQFACE_SAME_IDENTITY
 
-    def __init__(self, weights: str = "", device: str = "auto", batch_size: int = 0, **_: Any) -> None:
+    def __init__(
+        self,
+        weights: str = "",
+        device: str = "auto",
+        batch_size: int = 0,
+        precision: str | None = None,
+        **_: Any,
+    ) -> None:
         if not weights:
             raise InputError(
                 "the seqface embedder needs a checkpoint: --weights PATH (written by `seqbuild train`)"
@@ -295,12 +351,12 @@ class SeqFaceEmbedder(TorchEmbedder):
         self.crop_size = int(getattr(model, "crop_size", 128))
         self.input_size = self.crop_size
         # SeqFace models are trained on (x - 127.5) / 128 of the centre crop, never on prewhitened crops.
-        super().__init__(model, dev, batch_size, "fixed")
+        super().__init__(model, dev, batch_size, "fixed", precision)
         self.input_spec = f"fixed-centre{self.crop_size}"
         torch = self._torch
         with torch.inference_mode():  # the embedding size is whatever the trained backbone outputs
-            x = torch.zeros((1, 3, self.crop_size, self.crop_size), device=dev)
-            self.dim = int(self.model(x.half() if self.half else x).shape[1])
+            x = torch.zeros((1, 3, self.crop_size, self.crop_size), device=dev, dtype=self._dtype)
+            self.dim = int(self.model(x.contiguous(memory_format=self._layout)).shape[1])
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         """Centre ``crop_size`` square of each crop (what training sees), standardised, NCHW."""

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import output_hash
+from ..devices import resolve_device
 from ..driver import StageSummary, VideoTask, drive, process_cached
 from ..errors import SeqbuildError
 from ..executors import Executor
@@ -24,7 +25,7 @@ from ..layout import RunDir
 from ..schema import ASSIGNMENTS, embeddings_schema
 from ..storage import read_table, write_table
 from .config import EmbedConfig
-from .models import Embedder, create_embedder, model_id
+from .models import Embedder, create_embedder, model_id, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ CHUNK = 256  # crops decoded at a time: 4 FaceNet batches, about 16 MiB of pixel
 
 def get_embedder(cfg: EmbedConfig) -> Embedder:
     """The embedder of ``cfg``, created once per process."""
-    key = ("embedder", cfg.model, cfg.weights, cfg.device, cfg.batch_size, cfg.normalisation)
+    key = ("embedder", cfg.model, cfg.weights, cfg.device, cfg.batch_size, cfg.normalisation, cfg.precision)
     return process_cached(
         key,
         lambda: create_embedder(
@@ -42,8 +43,14 @@ def get_embedder(cfg: EmbedConfig) -> Embedder:
             device=cfg.device,
             batch_size=cfg.batch_size,
             normalisation=cfg.normalisation,
+            precision=cfg.precision,
         ),
     )
+
+
+def embed_precision(cfg: EmbedConfig) -> str:
+    """The precision ``cfg`` resolves to on this machine (part of the output hash)."""
+    return resolve_precision(cfg.precision, resolve_device(cfg.device))
 
 
 def embed_faces(embedder: Embedder, images: pa.ChunkedArray | pa.Array, face_ids: list[str]) -> np.ndarray:
@@ -62,13 +69,21 @@ def embed_faces(embedder: Embedder, images: pa.ChunkedArray | pa.Array, face_ids
 
 def embed_video(task: VideoTask) -> dict[str, Any]:
     """Embed the tracked faces of one video and write its shard; returns counts."""
+    import torch
+
     run = RunDir(task.run)
     assign = read_table(run.track.table_path("assignments", task.video), ASSIGNMENTS)
     det = read_table(
         run.ingest.table_path("detections", task.video), columns=["face_id", "video_id", "image"]
     )
-    embedder = get_embedder(task.cfg)
-    table = embed_tracked_faces(embedder, assign, det, run.ingest.table_path("detections", task.video))
+    threads_before = torch.get_num_threads()
+    if task.cfg.threads:
+        torch.set_num_threads(task.cfg.threads)
+    try:
+        embedder = get_embedder(task.cfg)
+        table = embed_tracked_faces(embedder, assign, det, run.ingest.table_path("detections", task.video))
+    finally:
+        torch.set_num_threads(threads_before)
     write_table(
         run.embed.table_path("embeddings", task.video),
         table,
@@ -105,9 +120,10 @@ def run_embed(
     rundir = RunDir(run)
     videos = rundir.require("track", "embed").done_shards()
     summary = StageSummary("embed", videos=len(videos))
+    precision = embed_precision(cfg)  # "auto" is hashed as what it means here
     tasks = []
     for video in videos:
-        key = output_hash(cfg, track=rundir.track.marker(video).get("config_hash", ""))
+        key = output_hash(cfg, track=rundir.track.marker(video).get("config_hash", ""), precision=precision)
         if rundir.embed.is_done(video, key):
             summary.skipped += 1
             continue

@@ -24,7 +24,10 @@ from typing import Any
 
 PARTS: dict[str, list[str]] = {
     # label -> "module:Class.method" or "module:function" (missing ones are skipped: code moves on)
-    "thumbnail (scale + RGB)": ["seqbuild.ingest.decode:Frame.thumbnail", "seqbuild.ingest.decode:Frame.small"],
+    "thumbnail (scale + RGB)": [
+        "seqbuild.ingest.decode:Frame.thumbnail",
+        "seqbuild.ingest.decode:Frame.small",
+    ],
     "transition detector": [
         "seqbuild.ingest.shots:TransitionDetector.update",
         "seqbuild.ingest.shots:TransitionDetector.finish",
@@ -136,11 +139,10 @@ def install(timers: Timers) -> list[str]:
 
 def profile_run(run: str, toml: str, video: str, gallery: str = "", sets: list[str] | None = None) -> dict:
     """Run the chain in this process with the timers installed; stages and parts as plain data."""
+    import seqbuild.pipeline.run as runner
     from seqbuild.logs import setup_logging
     from seqbuild.pipeline.loading import load_pipeline
     from seqbuild.pipeline.run import run_pipeline
-
-    import seqbuild.pipeline.run as runner
 
     timers = Timers()
     found = install(timers)

@@ -5,12 +5,17 @@ the stage config and any stage-specific parameters) and hands the driver a top-l
 ``work(task) -> dict of counts``. The driver runs it under any executor, turns a seqbuild, OS or Arrow
 error raised for one video into a failure of that video (the others carry on), shows a progress bar and
 returns a :class:`StageSummary`, the one summary shape every stage reports.
+
+A long video may be several items, its parts (``part`` of ``parts``): they run like any other items,
+and once the last of them has returned the stage's ``merge(tasks)`` makes the video's output from
+them (in the driver's process); the video counts once, with what the merge returns.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +37,10 @@ class VideoTask:
     key: str
     cfg: Any
     params: dict[str, Any] = field(default_factory=dict)
+    part: int = 0
+    """Which part of the video this item is (see ``parts``)."""
+    parts: int = 1
+    """Items the video's work is split into (1: the whole video in one item)."""
 
 
 @dataclass
@@ -135,27 +144,51 @@ def drive(
     executor: Executor | None = None,
     workers: int = 1,
     progress: bool = True,
+    merge: Callable[[list[VideoTask]], dict[str, Any]] | None = None,
 ) -> StageSummary:
     """Run ``work`` on every task (in a local pool of ``workers`` unless an executor is given); fill ``summary``.
 
     A result with an ``error`` key is a failed video; its other numbers are still counted (ingest writes
-    a ``failed`` row for an unreadable source and reports its frames).
+    a ``failed`` row for an unreadable source and reports its frames). The parts of a video (tasks with
+    ``parts`` > 1) are merged by ``merge`` once all of this run's parts of it have returned without an
+    error; a failed part fails its video (the parts that succeeded stay for the next run).
     """
     from tqdm.auto import tqdm
 
     tasks = list(tasks)
+    waiting = Counter(t.video for t in tasks if t.parts > 1)
+    if waiting and merge is None:
+        raise ValueError("tasks with parts need a merge function")
+    returned: dict[str, list[tuple[VideoTask, dict[str, Any]]]] = {}
+    videos = len({t.video for t in tasks})
     own = executor is None
     executor = LocalExecutor(workers) if own else executor
-    bar = tqdm(total=len(tasks), desc=summary.stage.replace("_", "-"), unit="video", disable=not progress)
+    bar = tqdm(total=videos, desc=summary.stage.replace("_", "-"), unit="video", disable=not progress)
+
+    def count(video: str, result: dict[str, Any]) -> None:
+        bar.update(1)
+        error = result.pop("error", None)
+        summary.add(result)
+        if error:
+            summary.fail(video, str(error))
+        else:
+            summary.done += 1
+
     try:
         for task, result in executor.map(functools.partial(guarded, work), tasks):
-            bar.update(1)
-            error = result.pop("error", None)
-            summary.add(result)
-            if error:
-                summary.fail(task.video, str(error))
+            if task.parts <= 1:
+                count(task.video, result)
+                continue
+            returned.setdefault(task.video, []).append((task, result))
+            waiting[task.video] -= 1
+            if waiting[task.video]:
+                continue
+            done = sorted(returned.pop(task.video), key=lambda tr: tr[0].part)
+            errors = [f"part {t.part + 1} of {t.parts}: {r['error']}" for t, r in done if r.get("error")]
+            if errors:
+                count(task.video, {"error": "; ".join(errors)})
             else:
-                summary.done += 1
+                count(task.video, guarded(merge, [t for t, _ in done]))  # type: ignore[arg-type]
     finally:
         bar.close()
         if own:

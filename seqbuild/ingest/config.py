@@ -50,7 +50,24 @@ class IngestConfig:
     max_transition: int = option(
         48, "longest dissolve or fade half found, in frames (1.9 s at 25 fps)", min=8, max=400
     )
-    workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
+    workers: int = option(1, "videos (or parts of videos) processed in parallel", min=1, affects_output=False)
+    # Parts own the shots that start in them and are merged into the video's one shard, with the
+    # frames, shots and faces a reading of the whole file gives (tests check it; the merge checks that
+    # the parts tile the video and reads the file whole otherwise): the output does not change.
+    split_segments: int = option(
+        0,
+        "split each video file into this many parts, read in parallel from keyframes and merged into its "
+        "one shard (0 = automatic: parts of at most split_minutes, and a long file shares the workers when "
+        "there are few files; 1 = never split)",
+        min=0,
+        affects_output=False,
+    )
+    split_minutes: float = option(
+        30.0,
+        "automatic splitting: longest part of a file in minutes (0 = no limit); parts are at least 1 minute",
+        min=0.0,
+        affects_output=False,
+    )
     # MTCNN's small convolutions gain little from intra-op threads: one torch thread per worker used
     # 30-40 ms of CPU per 720p frame here against 90-110 ms with two (spinning, contended threads),
     # and decoding already runs in its own thread beside the detector.

@@ -117,6 +117,13 @@ class ShotDetector:
         """Frames below this index belong to their shot for good (and are or are not blended for good)."""
         raise NotImplementedError
 
+    history: int = 0
+    """Frames before a frame that the detector's decisions at or after it may read (its memory)."""
+
+    def undecided_from(self) -> int | None:
+        """The first frame of a transition found whose kind or extent may still change (None: none)."""
+        return None
+
 
 @dataclass
 class _Frame:
@@ -312,6 +319,15 @@ class TransitionDetector(ShotDetector):
     def final_before(self) -> int:
         """Frames below this index are settled (see :class:`ShotDetector`)."""
         return max(self._anchor, self._last - self.latency - self.window + 1)
+
+    @property
+    def history(self) -> int:  # type: ignore[override]
+        """Frames kept for the rules (a dissolve's window, the latency, the settling and a margin)."""
+        return self._keep
+
+    def undecided_from(self) -> int | None:
+        """The first cut still waiting for the frames after it to be classified as a fade or not."""
+        return min((t.frame for t in self._fades), default=None)
 
     # ------------------------------------------------------------------ rules
 
@@ -629,6 +645,8 @@ class ShotSegmenter:
         self._final_before = 0
         self._lock = threading.Lock()
         self._next_due = 0
+        self._resets: list[int] = []  # shots' first frames that were known when they came due
+        self._due_upto = -1
 
     def _record(self, found: list[Transition]) -> None:
         with self._lock:
@@ -652,13 +670,34 @@ class ShotSegmenter:
         """Whether frame ``index`` (pushed at least ``latency`` frames ago, or after :meth:`finish`) is due
         for the face detector; call once per frame, in order."""
         with self._lock:
+            self._due_upto = index
             shot, _ = self.locate(self._bounds, index)
             if shot and self._bounds[shot - 1].frame == index:
                 self._next_due = index  # a shot's first frame
+                self._resets.append(index)
             if index < self._next_due:
                 return False
             self._next_due = index + self.detect_every
             return True
+
+    @property
+    def due_upto(self) -> int:
+        """The last frame :meth:`due` was asked about (-1 before the first)."""
+        with self._lock:
+            return self._due_upto
+
+    def first_reset(self, frame: int) -> int | None:
+        """The first shot start at or after ``frame`` that was known when it came due (None: none yet).
+
+        From such a frame on, which frames are due depends on nothing before it (a shot opened by a
+        dissolve, recognised only after its first frames came due, keeps the schedule of the shot
+        before), so a video can be split there and its parts give the frames the whole would.
+        """
+        import bisect
+
+        with self._lock:
+            i = bisect.bisect_left(self._resets, frame)
+            return self._resets[i] if i < len(self._resets) else None
 
     def settled(self, index: int) -> tuple[bool, int, Transition | None]:
         """(whether frame ``index`` is settled, its shot id, the dissolve whose blended frames hold it)."""
@@ -686,27 +725,40 @@ class ShotSegmenter:
             blend = None
         return lo, blend
 
-    def shot_rows(self, video_id: str, frames: int, pts: list[float]) -> list[dict]:
-        """SHOTS rows of frames 0..frames-1 (pts of every frame given), after :meth:`finish`."""
-        bounds = [t for t in self.transitions() if 0 < t.frame < frames]
-        starts = [0] + [t.frame for t in bounds]
+    def shot_rows(
+        self,
+        video_id: str,
+        frames: int,
+        pts: list[float],
+        first: int = 0,
+        pts_offset: int = 0,
+        clip: bool = True,
+    ) -> list[dict]:
+        """SHOTS rows of frames ``first``..``frames``-1 (``pts[i - pts_offset]`` is frame i's), after
+        :meth:`finish` or once every transition before ``frames`` is final; ``first`` is 0 or a shot's
+        first frame, and shot ids count from 0 there. ``clip`` cuts transitions at ``frames`` (the end
+        of the video)."""
+        bounds = [t for t in self.transitions() if first < t.frame < frames]
+        opening = next((t for t in self.transitions() if first > 0 and t.frame == first), None)
+        starts = [first] + [t.frame for t in bounds]
         ends = [s - 1 for s in starts[1:]] + [frames - 1]
         rows = []
-        for k, (first, last) in enumerate(zip(starts, ends, strict=True)):
-            t = bounds[k - 1] if k else None
+        for k, (start, last) in enumerate(zip(starts, ends, strict=True)):
+            t = bounds[k - 1] if k else opening
             ext = t.extent if t is not None else None
+            i, j = start - pts_offset, last - pts_offset
             rows.append(
                 {
                     "video_id": video_id,
                     "shot_id": k,
-                    "first_frame": first,
+                    "first_frame": start,
                     "last_frame": last,
-                    "first_pts": pts[first] if first < len(pts) else None,
-                    "last_pts": pts[last] if 0 <= last < len(pts) else None,
+                    "first_pts": pts[i] if 0 <= i < len(pts) else None,
+                    "last_pts": pts[j] if 0 <= j < len(pts) else None,
                     "cut_score": None if t is None else t.score,
                     "transition": None if t is None else t.kind,
                     "transition_first": None if ext is None else ext[0],
-                    "transition_last": None if ext is None else min(ext[1], frames - 1),
+                    "transition_last": None if ext is None else (min(ext[1], frames - 1) if clip else ext[1]),
                 }
             )
         return rows

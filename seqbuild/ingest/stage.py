@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import config_hash, output_hash
-from ..driver import StageSummary, VideoTask, drive, process_cached
-from ..errors import InputError
+from ..driver import StageSummary, VideoTask, drive, guarded, process_cached
+from ..errors import InputError, SeqbuildError
 from ..executors import Executor
 from ..imaging import encode_jpeg
 from ..layout import RunDir
@@ -139,6 +140,21 @@ class _StreamingTable(AppendingTableWriter):
         super().__init__(path, schema, name, cfg_hash)
 
 
+@dataclass(frozen=True)
+class SegmentWindow:
+    """The part of a video one work item owns, given by nominal frames: ``start`` (None: from frame 0)
+    and ``end`` (None: to the end of the video).
+
+    The part owns the shots that start inside it: from the first shot start at or after ``start`` that
+    was known when it came due (:meth:`ShotSegmenter.first_reset`) up to the first such start at or
+    after ``end``, which the next part begins with. Frames before (a warm-up for the transition
+    detector) and after (until the decisions about the owned frames are final) are read, not kept.
+    """
+
+    start: int | None = None
+    end: int | None = None
+
+
 class ShardBuilder:
     """Turns the frames of one shard (a video or a stream segment) into its shots and detections.
 
@@ -148,17 +164,30 @@ class ShardBuilder:
     a dissolve is recognised only once it is over, so a frame may turn out to be a blend of two shots,
     and such a frame never reaches the face detector (its faces would show two people at once). A
     settled frame has its final shot, so each detection is written with it.
+
+    With a ``window`` the builder makes one part of a video (frames carry the video's own indices):
+    only the frames the window owns are detected and written, shot ids count from the part's first
+    shot, and :attr:`complete` says when reading can stop.
     """
 
     def __init__(
-        self, video_id: str, source: str, cfg: IngestConfig, store: ShardStore, cfg_hash: str
+        self,
+        video_id: str,
+        source: str,
+        cfg: IngestConfig,
+        store: ShardStore,
+        cfg_hash: str,
+        shard: str | None = None,
+        window: SegmentWindow | None = None,
     ) -> None:
         self.video_id = video_id
+        self.shard = shard or video_id
+        self.window = window
         self.source = source
         self.cfg = cfg
         self.store = store
         self.cfg_hash = cfg_hash
-        store.clear(video_id)
+        store.clear(self.shard)
         self.detector = cached_detector(cfg)
         self.segmenter = ShotSegmenter(
             create_shot_detector(
@@ -167,7 +196,7 @@ class ShardBuilder:
             cfg.detect_every,
         )
         self.detections = _StreamingTable(
-            store.table_path("detections", video_id), DETECTIONS, "detections", cfg_hash
+            store.table_path("detections", self.shard), DETECTIONS, "detections", cfg_hash
         )
         self._queue: deque[tuple[int, Frame]] = deque()  # frames until a cut at them would be known
         self._held: deque[tuple[int, Frame]] = deque()  # due frames until they are settled
@@ -184,6 +213,8 @@ class ShardBuilder:
         self.width = 0
         self.height = 0
         self._thumb: tuple[int, int] | None = None
+        self._pts_offset: int | None = None  # index of the first frame fed
+        self._base_shot: int | None = None  # the detector's shot number of the part's first shot
 
     @property
     def shot_detector(self) -> ShotDetector:
@@ -209,6 +240,7 @@ class ShardBuilder:
             self._thumb = thumbnail_size(self.width, self.height)
         if self.first_pts is None:
             self.first_pts = frame.pts
+            self._pts_offset = index
         self.segmenter.push(index, frame.thumbnail(*self._thumb))
         self._pts.append(frame.pts)
         self.last_pts = frame.pts
@@ -230,11 +262,55 @@ class ShardBuilder:
             if not settled:
                 return None
             self._held.popleft()
+            if self.window is not None:
+                if not self._owns(index):
+                    continue  # read for the transition detector only
+                shot -= self._base_shot or 0
             if blend is not None:
                 self.frames_blended += 1  # two shots mixed: not a frame to take faces from
                 continue
             return (index, frame.pts, shot, frame.rgb())
         return None
+
+    def owned_range(self) -> tuple[int, int | None]:
+        """(first, end) frames of the window's part as far as known now (first == end: it owns none;
+        end None: up to the last frame read)."""
+        w = self.window
+        if w is None:
+            return 0, None
+        seg = self.segmenter
+        first = 0 if w.start is None else seg.first_reset(w.start)
+        end = None if w.end is None else seg.first_reset(w.end)
+        if first is None:  # no shot starts in [start, end) (else it would be known by now)
+            first = end if end is not None else (self._pts_offset or 0) + len(self._pts)
+        if end is not None and first > end:
+            first = end
+        return first, end
+
+    def _owns(self, index: int) -> bool:
+        """Whether a settled frame belongs to the window's part (every shot start up to it is known)."""
+        first, end = self.owned_range()
+        if index < first or (end is not None and index >= end):
+            return False
+        if self._base_shot is None:
+            self._base_shot = self.segmenter.settled(first)[1]
+        return True
+
+    @property
+    def complete(self) -> bool:
+        """True when a window's part is read far enough: every frame it owns is settled and each of its
+        shots knows what opened it (a fade is told from a cut only ``max_transition`` frames later)."""
+        w = self.window
+        if w is None or w.end is None:
+            return False
+        seg = self.segmenter
+        end = seg.first_reset(w.end)
+        if end is None:
+            # Every frame before `end` has come due without a shot starting in [start, end): the part
+            # owns nothing (the part before reads on until a shot starts).
+            return w.start is not None and seg.due_upto >= w.end - 1 and seg.first_reset(w.start) is None
+        pending = seg.detector.undecided_from()
+        return pending is None or pending >= end
 
     def add(self, item: tuple[int, float, int, np.ndarray]) -> None:
         """Queue a frame for detection (from :meth:`scan`); detect once a batch is full."""
@@ -282,20 +358,50 @@ class ShardBuilder:
         self.detections.write(self._rows)
         self._rows = []
 
-    def commit(self, video_row: dict[str, Any]) -> dict[str, Any]:
-        """Settle the last frames, detect what is still due, write the shard's tables and its marker."""
-        self.segmenter.finish()
-        while self._queue:
-            self._check_due()
+    def commit(self, video_row: dict[str, Any], end_of_video: bool = True) -> dict[str, Any]:
+        """Settle the last frames, detect what is still due, write the shard's tables and its marker.
+
+        ``end_of_video`` False: a window's part stopped once :attr:`complete` (nothing is settled by an
+        end that is not the video's)."""
+        if end_of_video:
+            self.segmenter.finish()
+            while self._queue:
+                self._check_due()
+        else:
+            self._queue.clear()  # frames after the part's end
         while (item := self._release()) is not None:
             self._pending.append(item)
         self._run_detector()
         self._flush()
         self.detections.commit()
-        shots = self.segmenter.shot_rows(self.video_id, self.frames_read, self._pts)
+        if self.window is None:
+            shots = self.segmenter.shot_rows(self.video_id, self.frames_read, self._pts)
+        else:
+            first, end = self.owned_range()
+            read_end = (self._pts_offset or 0) + len(self._pts)
+            end = read_end if end is None else end
+            shots = (
+                self.segmenter.shot_rows(
+                    self.video_id, end, self._pts, first, self._pts_offset or 0, clip=end == read_end
+                )
+                if end > first
+                else []
+            )
+            offset = self._pts_offset or 0
+            self.frames_read = end - first
+            self.first_pts = self._pts[first - offset] if end > first else None
+            self.last_pts = self._pts[end - 1 - offset] if end > first else None
+            video_row = {**video_row, "frames_read": end - first}
+            self.part = {
+                "first": first,
+                "end": end,
+                "end_of_video": end_of_video and end == read_end,
+                "end_pts": self._pts[end - offset] if end - offset < len(self._pts) else None,
+                "frames_read_total": read_end,
+            }
         self.n_shots = len(shots)
         write_table(
-            self.store.table_path("shots", self.video_id),
+            self.store.table_path("shots", self.shard),
             pa.Table.from_pylist(shots, schema=SHOTS),
             SHOTS,
             "shots",
@@ -304,7 +410,7 @@ class ShardBuilder:
         # No face is detected in a dissolve's blended frames (they never reach the face detector), so
         # ingest removes none; the table is written so that "none" is explicit.
         write_table(
-            self.store.table_path("removals", self.video_id),
+            self.store.table_path("removals", self.shard),
             REMOVALS.empty_table(),
             REMOVALS,
             "removals",
@@ -322,7 +428,8 @@ class ShardBuilder:
             "start_pts": self.first_pts,
             **video_row,
         }
-        write_video_row(self.store, row, self.cfg_hash, write_empty_faces=False)
+        if self.window is None:
+            write_video_row(self.store, row, self.cfg_hash, write_empty_faces=False)
         return row
 
     def abort(self) -> None:
@@ -383,6 +490,11 @@ def ingest_source(task: VideoTask) -> dict[str, Any]:
     elif cfg.workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     try:
+        if "segment" in task.params:
+            from .segments import ingest_segment
+
+            row = ingest_segment(task, cfg)
+            return {"error": row["error"]} if row["status"] != "ok" else {}
         if is_url(task.params["source"]):
             from .live import ingest_stream
 
@@ -393,6 +505,10 @@ def ingest_source(task: VideoTask) -> dict[str, Any]:
         torch.set_num_threads(threads_before)
     for gap in result.get("gaps", []):
         log.warning("%s: stream dropped at %.2f s, reconnected after %.1f s", task.params["source"], *gap)
+    return _counts(result)
+
+
+def _counts(result: dict[str, Any]) -> dict[str, Any]:
     counts = {
         "ok": int(result["status"] == "ok"),
         "frames": result["frames"],
@@ -400,7 +516,7 @@ def ingest_source(task: VideoTask) -> dict[str, Any]:
         "video_seconds": result["duration"],
     }
     if result["status"] != "ok":
-        counts["error"] = result["error"] or f"{task.params['source']}: {result['status']}"
+        counts["error"] = result["error"] or f"{result['source']}: {result['status']}"
     return counts
 
 
@@ -417,9 +533,13 @@ class _ScanAhead:
     :attr:`stopped` says whether the container may be closed.
     """
 
-    def __init__(self, container: Any, builder: ShardBuilder, depth: int) -> None:
+    def __init__(
+        self, container: Any, builder: ShardBuilder, depth: int, frames: Iterable[Frame] | None = None
+    ) -> None:
         self.container = container
+        self.frames = frames
         self.builder = builder
+        self.ended_early = False
         self.out: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._produce, name="ingest-decode", daemon=True)
@@ -436,9 +556,12 @@ class _ScanAhead:
 
     def _produce(self) -> None:
         try:
-            for frame in iter_frames(self.container):
+            for frame in iter_frames(self.container) if self.frames is None else self.frames:
                 if not self._put((1, self.builder.scan(frame, frame.index))):
                     return
+                if self.builder.complete:  # a part of a video read far enough
+                    self.ended_early = True
+                    break
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(exc)
             return
@@ -661,6 +784,72 @@ def plan(
     return todo, skipped, failed_before
 
 
+def split_tasks(
+    run: str | Path, cfg: IngestConfig, todo: list[tuple[str, str]], progress: bool
+) -> tuple[list[VideoTask], list[list[VideoTask]]]:
+    """The work items for ``todo``: one per source, or one per part of the files that are split (parts
+    finished by an earlier, interrupted run are not redone); and the parts of videos that only wait to
+    be merged (every part finished before)."""
+    from .segments import (
+        discard_segments,
+        plan_segments,
+        probe_duration,
+        segment_counts,
+        segment_key,
+        segment_shard,
+        segment_store,
+        warmup_frames,
+    )
+
+    files = [s for s, _ in todo if not is_url(s)]
+    counts = segment_counts(cfg, {s: probe_duration(s) for s in files}) if cfg.split_segments != 1 else {}
+    tasks: list[VideoTask] = []
+    ready: list[list[VideoTask]] = []
+    for source, key in todo:
+        vid = source_id(source)
+        whole = VideoTask(str(run), vid, key, cfg, {"source": source, "progress": progress})
+        segments = []
+        if counts.get(source, 1) > 1:
+            try:
+                segments = plan_segments(source, counts[source], warmup_frames(cfg))
+            except (SeqbuildError, OSError) as exc:
+                log.info("%s: read whole (%s)", source, exc)
+        if not segments:
+            discard_segments(run, vid)
+            tasks.append(whole)
+            continue
+        part_key = segment_key(key, segments)
+        store = segment_store(run, vid)
+        params = {"source": source, "progress": False, "part_key": part_key}
+        parts = [
+            VideoTask(str(run), vid, key, cfg, {**params, "segment": s}, s.index, s.count) for s in segments
+        ]
+        left = [t for t in parts if not store.is_done(segment_shard(vid, t.part, t.parts), part_key)]
+        if left:
+            log.info("%s: read in %d parts (%d left)", source, len(parts), len(left))
+            tasks += left
+        else:
+            ready.append(parts)
+    return tasks, ready
+
+
+def merge_parts(tasks: list[VideoTask]) -> dict[str, Any]:
+    """Merge the parts of one video into its shard (the driver calls this once they have all returned);
+    read the video whole if they do not tile it."""
+    from .segments import SegmentMismatch, discard_segments, merge_segments
+
+    task = tasks[0]
+    source = task.params["source"]
+    try:
+        row = merge_segments(task.run, task.video, source, task.key, task.parts)
+    except SegmentMismatch as exc:
+        log.warning("%s: %s; reading it whole", source, exc)
+        discard_segments(task.run, task.video)
+        whole = VideoTask(task.run, task.video, task.key, task.cfg, {"source": source, "progress": False})
+        return ingest_source(whole)
+    return _counts(_summary(row))
+
+
 def check_inputs(run: str | Path, cfg: IngestConfig) -> None:
     """InputError when ``cfg.inputs`` names no source at all (checked before a changed run is reset)."""
     if not expand_inputs(cfg.inputs):
@@ -684,10 +873,16 @@ def run_ingest(
         summary.fail(source_id(source), f"{error} (failed in an earlier run; --retry-failed tries it again)")
     if skipped:
         log.info("ingest: %d source(s) already done with this config, skipped", len(skipped))
-    tasks = [
-        VideoTask(str(run), source_id(s), key, cfg, {"source": s, "progress": progress}) for s, key in todo
-    ]
-    drive(summary, tasks, ingest_source, executor, cfg.workers, progress)
+    tasks, ready = split_tasks(run, cfg, todo, progress)
+    for parts in ready:  # every part finished by an earlier run: only the merge is left
+        counts = guarded(merge_parts, parts)
+        error = counts.pop("error", None)
+        summary.add(counts)
+        if error:
+            summary.fail(parts[0].video, str(error))
+        else:
+            summary.done += 1
+    drive(summary, tasks, ingest_source, executor, cfg.workers, progress, merge=merge_parts)
     wall = time.perf_counter() - t0
     summary.counts["wall_seconds"] = round(wall, 3)
     if wall > 0 and summary.counts.get("frames"):

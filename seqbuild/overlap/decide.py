@@ -30,9 +30,10 @@ cannot do the job at this gallery size, and :func:`capability_warning` says so w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -132,40 +133,189 @@ class Candidates:
     """Per query, (faces, K) cosines of its faces to its candidates (for ``vote``)."""
 
 
-def candidates(
-    queries: np.ndarray,
-    identity_centres: np.ndarray,
-    faces: Sequence[np.ndarray] | None = None,
-    top: int = 10,
-    k: int = 5,
-    cohort_rows: np.ndarray | None = None,
-) -> Candidates:
-    """Exact candidates of each query among all identities (``top`` best by cosine), with the query-side
-    statistics; ``faces`` (per query, its face vectors) fills ``face_cos``. ``cohort_rows`` restricts the
-    query-side spread statistics to a sample of identities (large galleries)."""
-    q = _unit(queries)
+def exact_search(identity_centres: np.ndarray) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    """A top-k search over ``identity_centres`` by cosine, in blocks (numpy; for tests and small galleries)."""
     g = _unit(identity_centres)
-    nq, n = len(q), len(g)
-    kk = min(top, n)
-    ids = np.full((nq, kk), -1, np.int64)
-    cos = np.full((nq, kk), -np.inf, np.float32)
-    query_top = np.zeros(nq)
-    loc = np.zeros(nq)
-    scale = np.full(nq, 1e-3)
-    block = max(1, int(4_000_000 // max(n, 1)))
-    for start in range(0, nq, block):
-        s = q[start : start + block] @ g.T
-        order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
-        ids[start : start + block] = order
-        cos[start : start + block] = np.take_along_axis(s, order, axis=1)
-        query_top[start : start + block] = cos[start : start + block, : min(k, kk)].mean(axis=1)
-        sample = s if cohort_rows is None else s[:, cohort_rows]
-        lo, sc = robust_loc_scale(sample, axis=1)
-        loc[start : start + block], scale[start : start + block] = lo, sc
-    face_cos = None
-    if faces is not None:
-        face_cos = [(_unit(f) @ g[np.maximum(ids[i], 0)].T) for i, f in enumerate(faces)]
-    return Candidates(ids, cos, query_top, loc, scale, face_cos)
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = _unit(queries) if len(queries) else np.zeros((0, g.shape[1]), np.float32)
+        kk = min(k, len(g))
+        ids = np.full((len(q), k), -1, np.int64)
+        cos = np.full((len(q), k), -np.inf, np.float32)
+        block = max(1, int(4_000_000 // max(len(g), 1)))
+        for start in range(0, len(q), block):
+            s = q[start : start + block] @ g.T
+            order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+            ids[start : start + block, :kk] = order
+            cos[start : start + block, :kk] = np.take_along_axis(s, order, axis=1)
+        return cos, ids
+
+    return search
+
+
+@dataclass
+class GalleryScorer:
+    """Scores queries (sequence centres, or single faces) against one gallery's identities.
+
+    ``search(queries, k) -> (cosines, rows)`` finds each query's ``top`` nearest identities (the
+    gallery's FAISS index in the stage); the query-side statistics of ``snorm`` are taken against a fixed
+    sample of at most ``probe_sample`` identities (all of a small gallery).
+    """
+
+    centres: np.ndarray
+    scorer: IdentityScore
+    stats: IdentityStats | None = None
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+    top: int = 10
+    query_k: int = 3
+    probe_sample: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.centres = _unit(self.centres)
+        if self.search is None:
+            self.search = exact_search(self.centres)
+        n = len(self.centres)
+        rng = np.random.default_rng(self.seed)
+        self.probe_rows = (
+            np.arange(n)
+            if n <= self.probe_sample
+            else np.sort(rng.choice(n, self.probe_sample, replace=False))
+        )
+
+    @property
+    def size(self) -> int:
+        """Number of identities."""
+        return len(self.centres)
+
+    def candidates(self, queries: np.ndarray, faces: Sequence[np.ndarray] | None = None) -> Candidates:
+        """Each query's ``top`` candidates with what every score needs (``faces``: per query, its faces)."""
+        q = _unit(queries) if len(queries) else np.zeros((0, self.centres.shape[1]), np.float32)
+        k = max(self.top, self.query_k)
+        cos, ids = self.search(q, min(k, self.size))
+        cos = np.where(ids >= 0, cos, -np.inf).astype(np.float32)
+        kk = min(self.query_k, cos.shape[1])
+        top = cos[:, :kk]
+        query_top = np.where(np.isfinite(top), top, 0.0).mean(axis=1) if kk else np.zeros(len(q))
+        loc, scale = (
+            robust_loc_scale(q @ self.centres[self.probe_rows].T, axis=1)
+            if len(q)
+            else (np.zeros(0), np.zeros(0))
+        )
+        return self._with_faces(Candidates(ids, cos, query_top, loc, scale), faces)
+
+    def _with_faces(self, cand: Candidates, faces: Sequence[np.ndarray] | None) -> Candidates:
+        if faces is not None and self.scorer.needs_faces:
+            cand.face_cos = [
+                _unit(f) @ self.centres[np.maximum(cand.ids[i], 0)].T
+                if len(f)
+                else np.zeros((0, cand.ids.shape[1]))
+                for i, f in enumerate(faces)
+            ]
+        return cand
+
+    def scores(self, cand: Candidates) -> np.ndarray:
+        """(Q, K) scores of the candidates."""
+        return self.scorer.score(cand, self.stats)
+
+    def best(
+        self, queries: np.ndarray, faces: Sequence[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: (its best score, that identity's row; -1 when none)."""
+        cand = self.candidates(queries, faces)
+        return best(self.scores(cand), cand)
+
+    def impostor_sample(
+        self,
+        queries: np.ndarray,
+        faces: Sequence[np.ndarray] | None = None,
+        max_pairs: int = 2_000_000,
+        seed: int = 0,
+        include_best: bool = False,
+    ) -> np.ndarray:
+        """Scores of the queries against identities other than each query's best candidate (its possible
+        mate): all identities of a small gallery, a random sample of them for a large one.
+        ``include_best`` keeps the best ones too (a one-identity gallery has no other)."""
+        if len(queries) == 0 or (self.size < 2 and not include_best):
+            return np.zeros(0)
+        cand = self.candidates(queries, faces)
+        s_best, j_best = best(self.scores(cand), cand)
+        n_cols = max(1, min(self.size, max_pairs // max(len(queries), 1)))
+        rng = np.random.default_rng(seed)
+        cols = (
+            np.arange(self.size)
+            if n_cols >= self.size
+            else np.sort(rng.choice(self.size, n_cols, replace=False))
+        )
+        q = _unit(queries)
+        ids = np.tile(cols, (len(q), 1))
+        sub = Candidates(
+            ids,
+            (q @ self.centres[cols].T).astype(np.float32),
+            cand.query_top,
+            cand.query_loc,
+            cand.query_scale,
+        )
+        sub = self._with_faces(sub, faces)
+        s = self.scorer.score(sub, self.stats)
+        mask = np.ones(ids.shape, bool) if include_best else ids != j_best[:, None]
+        out = s[mask]
+        return out[np.isfinite(out)]
+
+    def gallery_self_scores(
+        self, image_vectors: np.ndarray, image_rows: np.ndarray, max_images: int = 20000, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The gallery scored against itself -> (genuine, impostor), in this scorer's scale.
+
+        Genuine: each image against the centre of its identity's *other* images (leave-one-out; images
+        of one-image identities give none), the other identities' centres around it as usual: gallery
+        photos against photos, an optimistic stand-in for video against photos. Impostor: each image
+        against other identities (the cohort whose spread :func:`fit_run_impostors` uses). At most
+        ``max_images`` images (a random sample) are scored."""
+        x = _unit(image_vectors) if len(image_vectors) else np.zeros((0, self.centres.shape[1]), np.float32)
+        rows = np.asarray(image_rows, np.int64)
+        if len(x) > max_images:
+            pick = np.sort(np.random.default_rng(seed).choice(len(x), max_images, replace=False))
+            x, rows = x[pick], rows[pick]
+        if len(x) == 0:
+            return np.zeros(0), np.zeros(0)
+        loo, loo_rows = openset.leave_one_out_genuine(x, rows)
+        # Leave-one-out centre of each image's own identity, as a cosine; the rest from the search.
+        own = np.full(len(x), np.nan)
+        own[loo_rows] = loo
+        k = max(self.top, self.query_k) + 1
+        cos, ids = self.search(x, min(k, self.size))
+        cos = np.where(ids >= 0, cos, -np.inf)
+        is_own = ids == rows[:, None]
+        cos = np.where(is_own, np.where(np.isfinite(own), own, -np.inf)[:, None], cos)
+        # Keep the own identity as the first column (with its leave-one-out score), then the others.
+        others = np.where(is_own, -np.inf, cos)
+        order = np.argsort(-others, axis=1, kind="stable")[:, : k - 1]
+        other_cos = np.take_along_axis(others, order, axis=1)
+        other_ids = np.take_along_axis(ids, order, axis=1)
+        all_cos = np.concatenate([np.where(np.isfinite(own), own, -np.inf)[:, None], other_cos], axis=1)
+        all_ids = np.concatenate([rows[:, None], other_ids], axis=1)
+        srt = -np.sort(-all_cos, axis=1)[:, : self.query_k]
+        query_top = np.where(np.isfinite(srt), srt, 0.0).mean(axis=1)
+        loc, scale = robust_loc_scale(x @ self.centres[self.probe_rows].T, axis=1)
+        cand = Candidates(
+            all_ids, all_cos.astype(np.float32), query_top, loc, scale, [c[None] for c in all_cos]
+        )
+        scored = self.scorer.score(cand, self.stats)
+        genuine = scored[:, 0][np.isfinite(own)]
+        # Impostors: each image against a sample of other identities (not only its nearest ones).
+        n_cols = max(1, min(self.size, 2_000_000 // len(x)))
+        rng = np.random.default_rng(seed)
+        cols = (
+            np.arange(self.size)
+            if n_cols >= self.size
+            else np.sort(rng.choice(self.size, n_cols, replace=False))
+        )
+        sub_ids = np.tile(cols, (len(x), 1))
+        sub_cos = (x @ self.centres[cols].T).astype(np.float32)
+        sub = Candidates(sub_ids, sub_cos, query_top, loc, scale, [c[None] for c in sub_cos])
+        imp = self.scorer.score(sub, self.stats)[sub_ids != rows[:, None]]
+        return genuine[np.isfinite(genuine)], imp[np.isfinite(imp)]
 
 
 class IdentityScore:
@@ -281,8 +431,12 @@ class Calibration:
     source: str
     """``run`` (fitted to the run's sequences), ``fixed`` (a configured threshold) or ``default``
     (too few sequences to fit: the gallery's default cosine threshold)."""
+    threshold_for_target: float | None = None
+    """The threshold whose modelled FPIR is the target (``threshold`` is lower only when the model
+    cannot reach the target while keeping ``min_genuine_share`` of genuine matches)."""
     fit: dict[str, Any] | None = None
     n_impostor: int = 0
+    n_cohort: int = 0
     n_sequences: int = 0
     fpir_at_threshold: float | None = None
     fpir_at_confident: float | None = None
@@ -330,44 +484,6 @@ def impostor_sample(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return rest[np.isfinite(rest)]
 
 
-def genuine_scores(
-    image_vectors: np.ndarray,
-    image_labels: Sequence[str],
-    identities: Sequence[str],
-    identity_centres: np.ndarray,
-    scorer: IdentityScore,
-    stats: IdentityStats | None,
-    k: int = 5,
-) -> np.ndarray:
-    """Leave-one-out genuine scores of a gallery in ``scorer``'s scale: each image against the centre of
-    its identity's other images, among the other identities' centres (images of one-image identities
-    give none). Gallery photos against photos: an optimistic stand-in for video against photos."""
-    labels = np.asarray([str(x) for x in image_labels])
-    x = _unit(image_vectors)
-    scores, rows = openset.leave_one_out_genuine(x, labels)
-    if len(rows) == 0:
-        return np.zeros(0)
-    row_of = {name: i for i, name in enumerate(identities)}
-    own = np.array([row_of.get(labels[r], -1) for r in rows])
-    keep = own >= 0
-    rows, own, scores = rows[keep], own[keep], scores[keep]
-    g = _unit(identity_centres)
-    s = x[rows] @ g.T
-    s[np.arange(len(rows)), own] = scores  # the image's own identity without the image
-    kk = min(k, s.shape[1])
-    part = -np.sort(-s, axis=1)[:, :kk]
-    loc, scale = robust_loc_scale(s, axis=1)
-    cand = Candidates(
-        own[:, None],
-        scores[:, None].astype(np.float32),
-        part.mean(axis=1),
-        loc,
-        scale,
-        [np.array([[v]]) for v in scores],
-    )
-    return scorer.score(cand, stats)[:, 0]
-
-
 def _quantiles(x: np.ndarray) -> dict[str, Any]:
     x = np.asarray(x, np.float64)
     if len(x) == 0:
@@ -396,8 +512,13 @@ def calibrate(
     fixed_threshold: float | None = None,
     default_threshold: float | None = None,
     n_sequences: int = 0,
+    cohort: np.ndarray | None = None,
 ) -> Calibration:
     """The operating point of one gallery from impostor and genuine scores in the score's scale.
+
+    ``impostor``: the run's sequences against the gallery (each one's best candidate left out);
+    ``cohort``: the gallery's own images against the other identities, in the same scale (see
+    :func:`fit_run_impostors`).
 
     ``fixed_threshold`` (a configured threshold) replaces the fitted ones; with fewer than
     :data:`MIN_IMPOSTOR_SCORES` impostor scores ``default_threshold`` (the gallery's default cosine)
@@ -407,15 +528,11 @@ def calibrate(
     impostor = impostor[np.isfinite(impostor)]
     genuine = np.asarray(genuine, np.float64)
     genuine = genuine[np.isfinite(genuine)]
+    cohort = np.asarray(cohort if cohort is not None else [], np.float64)
+    cohort = cohort[np.isfinite(cohort)]
     fit = None
     if len(impostor) >= MIN_IMPOSTOR_SCORES:
-        chosen = method
-        if method == "tail" and len(impostor) * openset.TAIL_SHARE < openset.MIN_TAIL_SCORES:
-            chosen = "robust"  # too few scores to see a tail: the bulk fit, and the report says so
-        try:
-            fit = openset.fit_impostor(impostor, chosen)
-        except InputError as exc:
-            log.warning("gallery %s: impostor scores cannot be fitted (%s)", gallery, exc)
+        fit = fit_run_impostors(gallery, impostor, cohort, method)
     common = {
         "gallery": gallery,
         "model": model,
@@ -424,6 +541,7 @@ def calibrate(
         "target_fpir": float(target_fpir),
         "confident_fpir": float(confident_fpir),
         "n_impostor": int(len(impostor)),
+        "n_cohort": int(len(cohort)),
         "n_sequences": int(n_sequences),
         "min_genuine_share": float(min_genuine_share),
         "genuine": _quantiles(genuine),
@@ -436,6 +554,7 @@ def calibrate(
             **common,
             threshold=t,
             confident_threshold=t,
+            threshold_for_target=t,
             source="fixed" if fixed_threshold is not None else "default",
             fit=None if fit is None else fit.to_dict(),
         )
@@ -447,12 +566,17 @@ def calibrate(
     op = openset.operating_point(
         fit, gallery_size, target_fpir, genuine if len(genuine) else None, min_genuine_share
     )
-    t = float(op.threshold)
+    # When no threshold reaches the target FPIR and keeps the genuine share, the one that keeps the share
+    # bounds what is kept: the sequences between it and the target's threshold go to review (leaking a
+    # gallery identity is the costlier error), and the warning says what that costs.
+    t_target = float(op.threshold)
+    t = t_target if op.threshold_for_genuine is None else min(t_target, float(op.threshold_for_genuine))
     t_conf = float(openset.threshold_for_fpir(fit, confident_fpir, gallery_size))
     cal = Calibration(
         **common,
         threshold=t,
         confident_threshold=max(t_conf, t),
+        threshold_for_target=t_target,
         source="run",
         fit=fit.to_dict(),
         feasible=op.feasible,
@@ -467,6 +591,39 @@ def calibrate(
         cal.tail_check = openset.tail_check(fit, impostor, min_count=5)
     cal.warning = capability_warning(cal)
     return cal
+
+
+def fit_run_impostors(
+    gallery: str, impostor: np.ndarray, cohort: np.ndarray, method: str = "robust"
+) -> openset.ImpostorFit | None:
+    """The impostor model of one run against one gallery.
+
+    Location: the run's own scores (median), which carry the run's footage, faces and gallery. Spread:
+    the larger of the run's robust spread and that of the cohort (the gallery's images against its other
+    identities). A run of a few people gives few, correlated scores whose spread is too small (on the
+    shared media the run's MAD gave about half the spread of the pooled scores), and a threshold fitted
+    to it removes strangers; the gallery's images give a spread of the same model that does not depend on
+    the run's size. ``tail`` adds a generalised Pareto tail fitted to the run's scores when there are
+    enough of them (:data:`seqbuild.openset.MIN_TAIL_SCORES` in the top share); ``moments`` uses the
+    run's mean and standard deviation alone."""
+    try:
+        if method == "moments":
+            return openset.fit_impostor(impostor, "moments")
+        chosen = method
+        if method == "tail" and len(impostor) * openset.TAIL_SHARE < openset.MIN_TAIL_SCORES:
+            chosen = "robust"  # too few scores to see a tail: the bulk fit (the calibration says so)
+        fit = openset.fit_impostor(impostor, chosen)
+    except InputError as exc:
+        log.warning("gallery %s: impostor scores cannot be fitted (%s)", gallery, exc)
+        return None
+    if len(cohort) >= MIN_IMPOSTOR_SCORES:
+        try:
+            spread = openset.fit_impostor(cohort, "robust").scale
+        except InputError:
+            spread = 0.0
+        if spread > fit.scale:
+            fit = dataclasses.replace(fit, scale=float(spread))
+    return fit
 
 
 def capability_warning(cal: Calibration) -> str | None:

@@ -360,8 +360,11 @@ class VoteScore(IdentityScore):
             raise ValueError("the vote score needs the faces' cosines")
         out = np.full(cand.cos.shape, -np.inf)
         for i, fc in enumerate(cand.face_cos):
-            if len(fc):
-                out[i] = np.quantile(fc, 1.0 - self.vote_share, axis=0, method="lower")
+            n = len(fc)
+            if n:
+                # The highest t that at least ceil(share * n) faces reach: the ceil(share * n)-th largest.
+                need = max(1, int(np.ceil(self.vote_share * n - 1e-9)))
+                out[i] = np.sort(fc, axis=0)[n - need]
         return np.where(cand.ids >= 0, out, -np.inf)
 
 

@@ -217,9 +217,9 @@ def default_threshold(model: str, embedder: Any | None = None) -> float:
         return CENTRE_THRESHOLDS[name]
     if embedder is not None and getattr(embedder, "same_identity_threshold", None) is not None:
         return float(embedder.same_identity_threshold)
-    from ..embed.models import create_embedder
+    from ..embed.models import EMBEDDERS
 
-    return float(create_embedder(name, weights="", device="cpu").same_identity_threshold)
+    return float(getattr(EMBEDDERS.get(name), "same_identity_threshold", 0.5))
 
 
 def build_options(cfg: OverlapConfig, model: str) -> dict[str, Any]:
@@ -287,8 +287,10 @@ def build_gallery(
     out = Path(out)
     src_path = Path(src)
     kind, items = iter_source(src_path, identities)
+    # A model id (name@digest/input/alignment) names its registry entry; a spec such as onnx:PATH is kept
+    # whole, since the path is the model.
     model = (
-        model_name(cfg.model)
+        (model_name(cfg.model) if "@" in cfg.model else cfg.model)
         or (getattr(embedder, "name", None) if embedder is not None else None)
         or "facenet"
     )

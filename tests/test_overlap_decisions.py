@@ -15,6 +15,7 @@ from seqbuild._cli.main import cli
 from seqbuild.errors import InputError
 from seqbuild.overlap.config import OverlapConfig
 from seqbuild.overlap.stage import run_dedup_overlap
+from seqbuild.report.build import write_report
 from seqbuild.schema import MATCHES, REMOVALS
 from seqbuild.storage import read_table
 
@@ -90,6 +91,8 @@ def test_review_policy_decides_the_middle_band(setup):
     assert {
         m["outcome"] for m in rows(run, "matches", MATCHES) if m["seq_id"].endswith(("s00090", "s00091"))
     } == {"review"}
+    page = write_report(run.root).read_text()
+    assert "Sequences to review" in page and "Warning:" not in page
     cfg = OverlapConfig(galleries=[str(gallery)], confident_fpir=1e-300, review="remove")
     run_dedup_overlap(run.root, cfg, progress=False)
     removed = rows(run, "removals", REMOVALS)
@@ -151,6 +154,10 @@ def test_a_model_that_cannot_do_the_job_is_told(tmp_path, caplog):
     assert "test-colour@" in warnings[0] and "innocent sequences" in warnings[0]
     cal = json.loads((run.dedup_overlap.root / "_calibration" / "big.json").read_text())
     assert cal["feasible"] is False and f"{cal['fpir_for_genuine']:.1%}" in warnings[0]
+    page = write_report(run.root).read_text()
+    top = page.index("Warning:")
+    assert top < page.index("Identity decisions") < page.index("Counts per stage")
+    assert "gallery big (4 identities)" in page[top : top + 400] and "85742" in page
 
 
 def test_cli_decisions_and_decided_by(setup, tmp_path):

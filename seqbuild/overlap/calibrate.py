@@ -213,14 +213,33 @@ def _paths(run: RunDir, name: str, faces: bool) -> tuple[Path, Path]:
 
 
 def save_calibration(
-    run: RunDir, cal: Calibration, stats: IdentityStats, key: str, faces: bool = False
+    run: RunDir, cal: Calibration, stats: IdentityStats, key: str, faces: bool = False, path: str = ""
 ) -> Path:
     """Write a calibration and its statistics (atomically); returns the JSON's path."""
     json_path, npz_path = _paths(run, cal.gallery, faces)
     with atomic_path(npz_path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **stats.to_arrays(), k=np.array([stats.k, stats.cohort]))
-    write_json_atomic(json_path, {"key": key, **cal.to_dict()})
+    record = {"key": key, "gallery_path": path, **cal.to_dict()}
+    write_json_atomic(json_path, json.loads(json.dumps(record, default=_plain)))
     return json_path
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def read_calibrations(run: RunDir) -> list[dict[str, Any]]:
+    """Every saved sequence-level calibration of a run, as plain dicts (for the report)."""
+    folder = run.dedup_overlap.root / FOLDER
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.name.endswith(FACE_SUFFIX + ".json"):
+            continue
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            log.warning("%s: unreadable calibration", path)
+    return out
 
 
 def load_calibration(json_path: str | Path) -> tuple[Calibration, IdentityStats, str]:
@@ -228,6 +247,7 @@ def load_calibration(json_path: str | Path) -> tuple[Calibration, IdentityStats,
     json_path = Path(json_path)
     data = json.loads(json_path.read_text())
     key = data.pop("key", "")
+    data.pop("gallery_path", None)
     with np.load(json_path.with_suffix(".npz")) as z:
         k, cohort = (int(v) for v in z["k"])
         stats = IdentityStats(z["top_mean"], z["loc"], z["scale"], k, cohort)
@@ -269,7 +289,7 @@ def calibrate_run(
             cal, stats = calibrate_gallery(
                 gallery, fixed, cfg, model, sample.centres, sample.faces, sample.centres, sample.n_sequences
             )
-            save_calibration(run, cal, stats, key)
+            save_calibration(run, cal, stats, key, path=str(gallery.path))
             if cfg.per_face:
                 flat = np.concatenate(sample.faces) if sample.faces else sample.centres[:0]
                 if len(flat) > cfg.cohort_size:
@@ -285,7 +305,7 @@ def calibrate_run(
                     sample.centres,
                     sample.n_sequences,
                 )
-                save_calibration(run, face_cal, face_stats, key, faces=True)
+                save_calibration(run, face_cal, face_stats, key, faces=True, path=str(gallery.path))
         cal, _, _ = load_calibration(seq_path)
         describe(cal)
         out[gallery.name] = {

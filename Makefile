@@ -10,7 +10,7 @@ MEDIA ?= ../shared/media
 GALLERY ?= $(MEDIA)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-embed bench-overlap bench-identification bench-train bench-e2e bench-table2 gpu-check clean-venv
+.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e bench-table2 gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -53,13 +53,18 @@ train-demo: demo
 	$(VENV)/bin/seqbuild train --config pipelines/train-demo.toml --identities runs/demo-identities \
 		--sequences $(RUN)/dataset --out runs/train-demo
 
-bench: bench-ingest bench-track bench-embed bench-overlap bench-identification bench-train bench-e2e
+bench: bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e
 
 bench-ingest: setup
 	$(PY) -m benchmarks.bench_ingest
 
 bench-track: setup
 	$(PY) -m benchmarks.bench_track
+
+# Boundaries per kind of transition (PySceneDetect alongside; TransNetV2 with --transnet DIR) and the chain
+# on dev_broadcast, dev_broadcast_2 and the check broadcasts of benchmarks/media (composed into runs/).
+bench-transitions: setup
+	$(PY) -m benchmarks.bench_transitions --media $(MEDIA)
 
 bench-embed: setup
 	$(PY) -m benchmarks.bench_embed

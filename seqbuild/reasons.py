@@ -36,14 +36,6 @@ REASONS: dict[str, Reason] = {
     r.name: r
     for r in (
         Reason(
-            "transition",
-            "ingest",
-            ("face",),
-            "detected in a frame that blends two shots (a dissolve or fade); first_frame/last_frame give the blended range",
-            "length of the blended range (frames)",
-            "-",
-        ),
-        Reason(
             "unconfirmed",
             "track",
             ("sequence",),
@@ -191,7 +183,7 @@ def removal_rows(
     """One REMOVALS row per face of ``face_ids`` for reason ``name`` (checked against the registry).
 
     ``scope`` defaults to the reason's first scope; ``extra`` fills the optional columns (gallery,
-    identity, fpir, decided_by, first_frame, last_frame).
+    identity, fpir, decided_by).
     """
     r = reason(name, stage, scope)
     base = {
@@ -207,8 +199,6 @@ def removal_rows(
         "identity": None,
         "fpir": None,
         "decided_by": None,
-        "first_frame": None,
-        "last_frame": None,
     }
     unknown = set(extra) - set(base)
     if unknown:

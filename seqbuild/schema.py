@@ -44,6 +44,9 @@ SHOTS = pa.schema(
         pa.field("first_pts", pa.float64()),
         pa.field("last_pts", pa.float64()),
         pa.field("cut_score", pa.float32()),  # detector score at the cut that opened the shot
+        pa.field("transition", pa.string()),  # what opened the shot: cut | dissolve | fade (null: first)
+        pa.field("transition_first", pa.int64()),  # first frame of that transition (null for a cut)
+        pa.field("transition_last", pa.int64()),  # last frame of it, inclusive (a dissolve's last blend)
     ]
 )
 
@@ -111,8 +114,6 @@ REMOVALS = pa.schema(
         pa.field("identity", pa.string()),  # gallery_match: the gallery identity matched
         pa.field("fpir", pa.float64()),  # gallery_match: estimated false-positive identification rate
         pa.field("decided_by", pa.string()),  # who decided: "auto" or the person named in a decisions file
-        pa.field("first_frame", pa.int64()),  # the frame range the reason refers to (a transition)
-        pa.field("last_frame", pa.int64()),
     ]
 )
 """Every row removed by any stage, with why: removals are written, never silently dropped."""

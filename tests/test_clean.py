@@ -237,11 +237,13 @@ def built(tmp_path):
     rerun_src = faces_of(e, 6)
     v1 = {
         "noisy": np.concatenate([faces_of(a, 6), faces_of(b, 1)]),
-        "two": np.concatenate([faces_of(a, 5), faces_of(c, 5)]),
+        # two people whose faces alternate (a box handed back and forth): no point in time separates them
+        "two": np.stack([f for pair in zip(faces_of(a, 5), faces_of(c, 5), strict=True) for f in pair]),
         "dup": dup,
         "quality": faces_of(b, 8),
         "short": faces_of(c, 3),
         "aired": rerun_src,
+        "jumped": np.concatenate([faces_of(b, 6), faces_of(e, 6)]),  # a track that ran into another person
     }
     quality = {"quality": {0: {"face_size": 12.0}, 1: {"blur": 3.0}, 2: {"det_score": 0.5}, 3: {"yaw": 0.99}}}
     ids1 = write_video(run, "aaaaaaaaaaaa", v1, quality)
@@ -275,7 +277,9 @@ def test_stage_removes_each_reason_and_accounts_for_every_face(built):
     assert len(nd) == 1 and nd[0]["value"] > 0.95 and nd[0]["detail"].endswith("-00")
     for reason in ("small_face", "blurred", "low_det_score", "extreme_yaw"):
         assert len(got[(f"{v1}-s00003", reason)]) == 1
-    assert got[(f"{v1}-s00004", "too_few_faces")][0]["value"] == 3.0
+    short = got[(f"{v1}-s00004", "too_few_faces")]
+    assert len(short) == 3 and short[0]["value"] == 3.0 and all(r["face_id"] for r in short)
+    assert len(got[(f"{v1}-s00001", "two_identities")]) == 10  # one row per face of the sequence
     rerun = [r for (s, reason), rs in got.items() if reason == "rerun" for r in rs]
     assert {r["seq_id"] for r in rerun} == {"bbbbbbbbbbbb-s00001"}  # the first airing stays
     assert all(f"{v1}-s00005" in r["detail"] and r["scope"] == "sequence" for r in rerun)
@@ -300,6 +304,28 @@ def test_stage_removes_each_reason_and_accounts_for_every_face(built):
         for s, n in zip(seqs.column("seq_id").to_pylist(), seqs.column("n_faces").to_pylist(), strict=True)
     }
     assert counts[f"{v1}-s00000"] == 6 and counts[f"{v1}-s00002"] == 5 and counts[f"{v1}-s00003"] == 4
+    # the track that ran from one person into another is cut where the appearance jumps, both kept
+    assert counts[f"{v1}-s00006-1"] == 6 and counts[f"{v1}-s00006-2"] == 6 and f"{v1}-s00006" not in counts
+
+
+def test_appearance_jumps_cut_between_two_people_not_at_a_stray_face():
+    a, b = person(), person()
+    emb = np.concatenate([faces_of(a, 7), faces_of(b, 5)])
+    assert [j for j, _ in filters.appearance_jumps(emb, 0.45, 0.5, 3)] == [7]
+    three = np.concatenate([faces_of(a, 4), faces_of(b, 4), faces_of(person(), 4)])
+    assert [j for j, _ in filters.appearance_jumps(three, 0.45, 0.5, 3)] == [4, 8]
+    stray = np.concatenate([faces_of(a, 6), faces_of(b, 1), faces_of(a, 6)])  # one odd face: noise's job
+    assert filters.appearance_jumps(stray, 0.45, 0.5, 3) == []
+    tail = np.concatenate([faces_of(a, 9), faces_of(b, 2)])  # fewer than min_side on one side
+    assert filters.appearance_jumps(tail, 0.45, 0.5, 3) == []
+    assert filters.appearance_jumps(faces_of(a, 12), 0.45, 0.5, 3) == []
+
+
+def test_jump_split_can_be_switched_off(built):
+    run, _ = built
+    run_clean(run.root, cfg(jump_threshold=-1), progress=False)
+    got = reasons(run)
+    assert got[("aaaaaaaaaaaa-s00006", "two_identities")][0]["scope"] == "sequence"
 
 
 def test_split_policy_splits_two_people(built):

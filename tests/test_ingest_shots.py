@@ -1,54 +1,178 @@
-"""The HSV cut detector: hard cuts, a cross-dissolve counted once, a short shot, quiet motion, and the
-real broadcast's ground truth."""
+"""The transition detector on synthetic frames: hard cuts, dissolves of each length, fades through black,
+flashes and a slow pan that are not cuts, and the real broadcast's ground truth."""
 
 from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
-from seqbuild.ingest.shots import create_shot_detector, match_cuts
+from seqbuild.ingest.shots import (
+    create_shot_detector,
+    detect_transitions,
+    fit_ramp,
+    match_cuts,
+    score_boundaries,
+)
+
+H, W = 72, 128
 
 
-def _scene(seed: int, t: int, h: int = 72, w: int = 128) -> np.ndarray:
-    """A coloured scene with a slowly moving bright square (in-shot motion)."""
+def _texture(seed: int, h: int = H, w: int = W) -> np.ndarray:
+    """A smooth random colour picture (blobs of a few sizes), like a scene at thumbnail size."""
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, size=3)
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = base
-    img[: h // 2, : w // 2] = rng.integers(0, 255, size=3)
-    x = 10 + (t % 30)
-    img[20:40, x : x + 20] = 255 - base
-    return img
+    img = np.zeros((h, w, 3), np.float32)
+    for cells in (4, 8, 16):
+        noise = rng.uniform(0, 255, size=(cells * h // w + 1, cells, 3)).astype(np.float32)
+        img += cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
+    img = (img - img.min()) / (img.max() - img.min()) * 200 + 25
+    return img.clip(0, 255).astype(np.uint8)
 
 
-def _cuts(frames) -> list[int]:
-    det = create_shot_detector("hsv")
-    return [c.frame for i, f in enumerate(frames) if (c := det.update(i, f)) is not None]
+def _shot(seed: int, n: int) -> list[np.ndarray]:
+    """``n`` frames of one shot: a scene with a small object moving over it (motion inside the shot)."""
+    base = _texture(seed)
+    rng = np.random.default_rng(seed + 1000)
+    colour = rng.integers(0, 255, size=3)
+    frames = []
+    for t in range(n):
+        img = base.copy()
+        x = 10 + (2 * t) % 60
+        img[30:46, x : x + 16] = colour
+        frames.append(img)
+    return frames
 
 
-def test_hard_cuts_and_a_short_shot():
-    frames = (
-        [_scene(1, t) for t in range(40)]
-        + [_scene(2, t) for t in range(15)]
-        + [_scene(3, t) for t in range(40)]
-    )
-    assert _cuts(frames) == [40, 55]
+def _dissolve(a: list[np.ndarray], b: list[np.ndarray], length: int) -> list[np.ndarray]:
+    """The way broadcast tools mix: the last frame of A blended into the first ``length`` frames of B."""
+    out = list(b)
+    for t in range(length):
+        alpha = (t + 1) / (length + 1)
+        out[t] = (
+            (a[-1].astype(np.float32) * (1 - alpha) + b[t].astype(np.float32) * alpha)
+            .round()
+            .astype(np.uint8)
+        )
+    return out
 
 
-def test_cross_dissolve_counts_once():
-    a = [_scene(4, t) for t in range(40)]
-    b = [_scene(5, t) for t in range(52)]
-    for t in range(12):  # as broadcast tools do: the last frame of A blended into the first of B
-        alpha = (t + 1) / 13
-        b[t] = (a[-1] * (1 - alpha) + b[t] * alpha).round().astype(np.uint8)
-    cuts = _cuts(a + b)
-    assert len(cuts) == 1 and 40 <= cuts[0] <= 52
+def _detect(frames: list[np.ndarray]):
+    return detect_transitions(frames, create_shot_detector("transitions"))
 
 
-def test_no_cut_in_a_still_or_moving_shot():
-    assert _cuts([_scene(6, t) for t in range(120)]) == []
+def test_hard_cuts_and_a_short_shot_are_found_to_the_frame():
+    frames = _shot(1, 40) + _shot(2, 15) + _shot(3, 40)
+    found = _detect(frames)
+    assert [(t.kind, t.frame) for t in found] == [("cut", 40), ("cut", 55)]
+    assert all(t.blended is None for t in found)
+
+
+@pytest.mark.parametrize("length", [6, 12, 20, 30])
+def test_a_dissolve_of_each_length_is_one_boundary_with_its_blended_frames(length):
+    a, b = _shot(4, 50), _shot(5, 60)
+    frames = a + _dissolve(a, b, length)
+    found = _detect(frames)
+    assert len(found) == 1, found
+    t = found[0]
+    assert t.kind == "dissolve"
+    assert abs(t.frame - 50) <= 1  # the new shot starts at the first blended frame
+    first, last = t.blended
+    # The end of a long blend is less sharp (the incoming shot moves while it fades in).
+    assert abs(first - 50) <= 1 and abs(last - (50 + length - 1)) <= 1 + length // 10
+
+
+def test_a_fade_through_black_cuts_at_its_darkest_point():
+    a, b = _shot(6, 50), _shot(7, 50)
+    fade = 12
+    a = [f.copy() for f in a]
+    b = [f.copy() for f in b]
+    for t in range(fade):  # as broadcast tools do: A out to black over its last frames, B in from black
+        k = (t + 1) / (fade + 1)
+        a[-1 - t] = (a[-1 - t].astype(np.float32) * k).astype(np.uint8)
+        b[t] = (b[t].astype(np.float32) * k).astype(np.uint8)
+    found = _detect(a + b)
+    assert len(found) == 1, found
+    t = found[0]
+    assert t.kind == "fade" and t.frame == 50 and t.blended is None
+    assert t.first <= 50 - fade + 2 and t.last >= 50 + fade - 3  # its extent covers most of both halves
+
+
+def test_fade_to_black_frames_then_a_new_shot():
+    a, b = _shot(8, 40), _shot(9, 40)
+    black = [np.zeros((H, W, 3), np.uint8)] * 10
+    found = _detect(a + black + b)
+    assert [t.frame for t in found] == [50]
+
+
+@pytest.mark.parametrize("flash", [[20], [20, 21], [15, 45]])
+def test_flashes_do_not_cut(flash):
+    frames = _shot(10, 70)
+    for k in flash:  # a white flash: the picture mixed with white
+        frames[k] = (frames[k].astype(np.float32) * 0.2 + 255 * 0.8).astype(np.uint8)
+    frames += _shot(11, 30)
+    assert [(t.kind, t.frame) for t in _detect(frames)] == [("cut", 70)]
+
+
+def test_a_flat_white_frame_does_not_cut():
+    frames = _shot(12, 60)
+    frames[30] = np.full((H, W, 3), 255, np.uint8)
+    assert _detect(frames) == []
+
+
+def test_a_slow_pan_is_not_a_cut_or_a_dissolve():
+    wide = _texture(13, H, W * 3)
+    frames = [wide[:, 2 * t : 2 * t + W].copy() for t in range(120)]  # 2 px a frame: the view moves 240 px
+    assert _detect(frames) == []
+
+
+def test_a_brightness_change_inside_a_shot_is_not_a_transition():
+    frames = [
+        (f.astype(np.float32) * (1.0 - 0.4 * min(t, 20) / 20)).astype(np.uint8)
+        for t, f in enumerate(_shot(14, 60))
+    ]
+    assert _detect(frames) == []
+
+
+def test_a_dissolve_after_a_cut_and_a_flash_inside_it():
+    a, b, c = _shot(15, 40), _shot(16, 40), _shot(17, 60)
+    c = _dissolve(b, c, 20)
+    c[8] = (c[8].astype(np.float32) * 0.2 + 204).astype(np.uint8)  # a flash during the dissolve
+    found = _detect(a + b + c)
+    assert [(t.kind, t.frame) for t in found] == [("cut", 40), ("dissolve", 80)]
+
+
+def test_final_before_never_passes_an_open_transition():
+    a, b = _shot(18, 50), _shot(19, 60)
+    frames = a + _dissolve(a, b, 30)
+    det = create_shot_detector("transitions")
+    settled = 0
+    for i, f in enumerate(frames):
+        for t in det.update(i, f):
+            assert t.frame >= settled  # nothing appears below what was declared settled
+        settled = det.final_before
+        assert settled <= i + 1
+
+
+def test_fit_ramp_recovers_the_ramp_and_ignores_weighted_out_points():
+    alpha = np.r_[np.zeros(10), np.arange(1, 13) / 13, np.ones(10)]
+    s, e, err = fit_ramp(alpha)
+    assert (s, e) == (10, 21) and err < 1e-9
+    alpha[15] = 5.0  # an outlier (a flash)
+    weights = np.ones(len(alpha))
+    weights[15] = 0
+    s, e, _ = fit_ramp(alpha, weights)
+    assert (s, e) == (10, 21)
+
+
+def test_score_boundaries_per_kind_with_frame_errors():
+    truth = [(100, "cut", 0), (200, "dissolve", 12), (300, "fade", 10)]
+    scores, fp = score_boundaries([100, 201, 299, 400], truth)
+    assert fp == [400]
+    assert scores["cut"].errors == [0] and scores["dissolve"].errors == [1] and scores["fade"].errors == [-1]
+    scores, fp = score_boundaries([150], truth)
+    assert fp == [150] and all(s.found == 0 for s in scores.values())
 
 
 def test_match_cuts_counts_extra_cuts_in_a_dissolve_as_false_positives():
@@ -60,52 +184,16 @@ def test_match_cuts_counts_extra_cuts_in_a_dissolve_as_false_positives():
 
 
 @pytest.mark.slow
-def test_cuts_of_the_dev_broadcast(media):
+def test_transitions_of_the_dev_broadcast(media):
     from seqbuild.ingest.decode import iter_frames, open_container
     from seqbuild.ingest.shots import thumbnail_size
 
     gt = json.loads((media / "dev_broadcast.gt.json").read_text())
-    truth = [(s["start"], s["dissolve_in"]) for s in gt["shots"][1:]]
+    truth = [
+        (s["start"], "dissolve" if s["dissolve_in"] else "cut", s["dissolve_in"]) for s in gt["shots"][1:]
+    ]
     container = open_container(str(media / "dev_broadcast.mp4"))
     size = thumbnail_size(gt["width"], gt["height"])
-    det = create_shot_detector("hsv")
-    cuts = [c.frame for f in iter_frames(container) if (c := det.update(f.index, f.thumbnail(*size)))]
-    precision, recall, _, _ = match_cuts(cuts, truth)
-    assert precision == 1.0 and recall == 1.0, cuts
-
-
-def test_dissolve_is_one_cut_whose_transition_covers_the_rest_of_the_blend():
-    a = [_scene(1, t) for t in range(40)]
-    b = [_scene(4, t) for t in range(40)]
-    blend = [
-        (a[-1].astype(np.float32) * (1 - (k + 1) / 13) + b[0].astype(np.float32) * ((k + 1) / 13)).astype(
-            np.uint8
-        )
-        for k in range(12)
-    ]
-    frames = a + blend + b  # the dissolve occupies frames 40..51
-    det = create_shot_detector("hsv")
-    cuts, in_transition = [], []
-    for i, f in enumerate(frames):
-        cut = det.update(i, f)
-        if cut is not None:
-            cuts.append(cut)
-        in_transition.append(det.in_transition)
-    assert len(cuts) == 1
-    assert 40 <= cuts[0].start <= cuts[0].frame <= 51
-    assert all(in_transition[cuts[0].frame : 52])  # no frame of the blend after the cut counts as clean
-    assert not any(in_transition[:40]) and not in_transition[-1]
-
-
-def test_cut_after_a_run_of_raised_steps_is_dated_back_to_the_run():
-    det = create_shot_detector("hsv", threshold=0.25)
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, size=(72, 128, 3)).astype(np.float32)
-    other = rng.permutation(base.reshape(-1, 3)).reshape(base.shape) * 0.3
-    frames = [base.astype(np.uint8)] * 30
-    # a slow change that raises every step, then a jump: one transition that began with the slow change
-    frames += [(base * (1 - 0.04 * k) + other * 0.04 * k).astype(np.uint8) for k in range(1, 6)]
-    frames += [other.astype(np.uint8)] * 20
-    cuts = [c for i, f in enumerate(frames) if (c := det.update(i, f)) is not None]
-    assert len(cuts) == 1
-    assert cuts[0].gradual and cuts[0].start < cuts[0].frame
+    found = detect_transitions(f.thumbnail(*size) for f in iter_frames(container))
+    scores, fp = score_boundaries([t.frame for t in found], truth)
+    assert fp == [] and all(s.recall == 1.0 and s.max_error <= 1 for s in scores.values()), found

@@ -275,19 +275,24 @@ def test_cli_on_a_real_clip_gives_aligned_crops(tmp_path, media):
     assert good >= 0.8 * len(crops), f"{good} of {len(crops)} crops aligned"
 
 
-class _ScriptedCuts:
-    """A shot detector that reports a hard cut at ``cut`` and stays in transition until ``quiet_at``."""
+class _ScriptedTransitions:
+    """A transition detector that reports given transitions at given frames (as a real one does, late)."""
 
-    window, quiet_frames = 25, 3
+    latency = 3
 
-    def __init__(self, cut: int, quiet_at: int) -> None:
-        self.cut, self.quiet_at, self.in_transition = cut, quiet_at, False
+    def __init__(self, script: dict) -> None:
+        self.script, self.last = script, -1
 
     def update(self, index, thumb):
-        from seqbuild.ingest.shots import Cut
+        self.last = index
+        return self.script.get(index, [])
 
-        self.in_transition = self.cut <= index < self.quiet_at
-        return Cut(frame=index, score=0.5, gradual=False) if index == self.cut else None
+    def finish(self):
+        return []
+
+    @property
+    def final_before(self):
+        return self.last - 20
 
 
 class _OneFace:
@@ -314,24 +319,31 @@ class _Frame:
         return np.full((100, 100, 3), 128, np.uint8)
 
 
-@pytest.mark.parametrize(
-    ("quiet_at", "kept"),
-    [
-        (13, [0, 4, 8, 10, 14, 18, 22, 26]),  # a plain hard cut: quiet three frames after it
-        (22, [0, 4, 8, 22, 26]),  # a jump that opens a dissolve: its frames 10..21 are blends
-        (40, [0, 4, 8, 10, 14, 18, 22, 26]),  # busy for longer than the window: a busy shot, kept
-    ],
-)
-def test_frames_of_a_dissolve_that_opens_with_a_jump_are_dropped(tmp_path, quiet_at, kept):
+def test_frames_of_a_dissolve_recognised_late_never_reach_the_face_detector(tmp_path):
+    from seqbuild.ingest.shots import Transition
     from seqbuild.ingest.stage import ShardBuilder, ingest_hash
 
     cfg = cfg_for(["x.mp4"], detect_every=4, batch_size=4)
     store = RunDir(tmp_path).ingest
     builder = ShardBuilder("vid", "x.mp4", cfg, store, ingest_hash(cfg))
-    builder.detector, builder.shot_detector = _OneFace(), _ScriptedCuts(cut=10, quiet_at=quiet_at)
-    for i in range(30):
+    builder.detector = _OneFace()
+    builder.shot_detector = _ScriptedTransitions(
+        {
+            13: [Transition("cut", 10, 10, 9, 0.9)],  # known `latency` frames after it
+            47: [Transition("dissolve", 30, 30, 41, 0.8)],  # known only once it is over
+        }
+    )
+    for i in range(60):
         builder.feed(_Frame(i), i)
-    builder.commit({"kind": "file", "status": "ok", "fps": 25.0, "duration": 1.2, "wall_seconds": 0.1})
-    det = pd.read_parquet(store.table_path("detections", "vid"))
-    assert sorted(det.frame_idx) == kept
-    assert list(pd.read_parquet(store.table_path("shots", "vid")).first_frame) == [0, 10]
+    builder.commit({"kind": "file", "status": "ok", "fps": 25.0, "duration": 2.4, "wall_seconds": 0.1})
+    det = pd.read_parquet(store.table_path("detections", "vid")).sort_values("frame_idx")
+    # Every 4th frame of a shot and each shot's first; frames 30, 34 and 38 were due but are blends.
+    assert list(det.frame_idx) == [0, 4, 8, 10, 14, 18, 22, 26, 42, 46, 50, 54, 58]
+    assert builder.frames_blended == 3
+    shot_of = dict(zip(det.frame_idx, det.shot_id, strict=True))
+    assert [shot_of[f] for f in (8, 10, 26, 42, 58)] == [0, 1, 1, 2, 2]
+    shots = pd.read_parquet(store.table_path("shots", "vid"))
+    assert list(shots.first_frame) == [0, 10, 30] and list(shots.last_frame) == [9, 29, 59]
+    assert list(shots.transition.fillna("-")) == ["-", "cut", "dissolve"]
+    assert shots.transition_first.iloc[2] == 30 and shots.transition_last.iloc[2] == 41
+    assert pd.isna(shots.transition_first.iloc[1])

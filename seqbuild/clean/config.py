@@ -37,6 +37,17 @@ class CleanConfig:
         0.75, "two groups whose centres are less similar than this are two people", min=-1.0, max=1.0
     )
     min_group_faces: int = option(3, "faces each group needs before a sequence counts as two people", min=1)
+    # A track that runs from one person into another (across a boundary the shot detector missed, or a
+    # box handed over between two people) is cut where the appearance jumps: the faces before and after
+    # have centres below two_identity_threshold and the two faces at the cut are below jump_threshold
+    # (consecutive faces of one person stay above ~0.66, faces of two people below ~0.63).
+    jump_threshold: float = option(
+        0.6,
+        "a sequence is split between consecutive faces less similar than this when the faces before and "
+        "after (min_group_faces each at least) are two people; -1 = never split",
+        min=-1.0,
+        max=1.0,
+    )
     near_dup_threshold: float = option(
         0.99, "a face more similar than this to a kept face is a near duplicate", min=-1.0, max=1.0
     )
@@ -48,8 +59,11 @@ class CleanConfig:
     max_yaw: float = option(
         0.8, "maximum |yaw|, the head turn as a fraction of 90 degrees (0.8 = about 72 degrees)", min=0.0
     )
+    # Off: ingest does not detect faces in a dissolve's blended frames and places boundaries to the
+    # frame, and tracks are split where the appearance jumps, so a time band around every cut would only
+    # remove good faces at the start and end of shots (docs/benchmarks.md, "Transitions").
     cut_margin: float = option(
-        0.3, "faces this many seconds or less from a shot cut are removed (dissolve blends); 0 = off", min=0.0
+        0.0, "faces this many seconds or less from a shot cut are removed as near_cut; 0 = off", min=0.0
     )
     min_faces: int = option(5, "sequences left with fewer faces are removed", min=1)
     rerun_threshold: float = option(

@@ -1,8 +1,9 @@
 """Pure cleaning numerics over one sequence's embeddings (rows L2-normalised) and quality figures.
 
 No I/O: each function takes arrays and returns what to keep and, for what it removes, the figure that
-triggered the removal. The stage (:mod:`seqbuild.clean.stage`) applies them in order: quality, two
-identities, noise, near duplicates, then the minimum sequence length.
+triggered the removal. The stage (:mod:`seqbuild.clean.stage`) applies them in order: quality, splits
+where the appearance jumps to another person, two identities, noise, near duplicates, then the
+minimum sequence length.
 """
 
 from __future__ import annotations
@@ -97,6 +98,44 @@ def find_two_identities(emb: np.ndarray, max_similarity: float, min_group: int) 
     if sim >= max_similarity:
         return None
     return TwoGroups(labels=labels, similarity=sim, sizes=sizes)
+
+
+def appearance_jumps(
+    emb: np.ndarray, max_similarity: float, max_step_similarity: float, min_side: int
+) -> list[tuple[int, float]]:
+    """Where a sequence (faces in time order) turns into another person: split points ``j`` (the
+    sequence is cut between faces j-1 and j) with the similarity of the two sides' centres.
+
+    A point qualifies when the faces on either side, at least ``min_side`` each, have centres less
+    similar than ``max_similarity`` (two people) and the two faces it separates are less similar than
+    ``max_step_similarity`` (an abrupt change, not a drift). The most dissimilar point is taken first,
+    then each side is searched again.
+    """
+    emb = np.asarray(emb, dtype=np.float32)
+    out: list[tuple[int, float]] = []
+
+    def search(lo: int, hi: int) -> None:
+        n = hi - lo
+        if n < 2 * min_side:
+            return
+        part = emb[lo:hi]
+        cum = np.cumsum(part, axis=0)
+        js = np.arange(min_side, n - min_side + 1)
+        left = normalise(cum[js - 1])
+        right = normalise(cum[-1][None] - cum[js - 1])
+        centre_sim = (left * right).sum(axis=1)
+        step_sim = (part[js - 1] * part[js]).sum(axis=1)
+        ok = (centre_sim < max_similarity) & (step_sim < max_step_similarity)
+        if not ok.any():
+            return
+        k = int(np.argmin(np.where(ok, centre_sim, np.inf)))
+        j = lo + int(js[k])
+        out.append((j, float(centre_sim[k])))
+        search(lo, j)
+        search(j, hi)
+
+    search(0, len(emb))
+    return sorted(out)
 
 
 def noise_removals(emb: np.ndarray, threshold: float) -> tuple[list[Removal], np.ndarray]:

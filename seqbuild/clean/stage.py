@@ -105,7 +105,11 @@ def clean_sequence(
     cfg: CleanConfig,
     device: str = "cpu",
 ) -> SequenceResult:
-    """Apply quality, two-identity, noise, near-duplicate and length rules to one sequence (rows in time order)."""
+    """Apply quality rules, splits where the appearance jumps to another person, then two-identity,
+    noise, near-duplicate and length rules to one sequence (rows in time order).
+
+    A sequence-level removal (two identities, too few faces) is one row per face the sequence still held.
+    """
     removals: list[dict[str, Any]] = []
     alive = np.arange(len(face_ids))
     keys = ("min_face_size", "min_blur", "min_det_score", "max_yaw", "cut_margin")
@@ -116,26 +120,44 @@ def clean_sequence(
         dropped.add(r.index)
     alive = np.array([i for i in alive if i not in dropped], dtype=np.int64)
 
-    groups: dict[str, np.ndarray] = {seq_id: alive}
-    two = (
-        filters.find_two_identities(emb[alive], cfg.two_identity_threshold, cfg.min_group_faces)
-        if len(alive)
-        else None
-    )
-    if two is not None:
+    parts: dict[str, np.ndarray] = {seq_id: alive}
+    if cfg.jump_threshold > -1 and len(alive):
+        jumps = filters.appearance_jumps(
+            emb[alive], cfg.two_identity_threshold, cfg.jump_threshold, cfg.min_group_faces
+        )
+        if jumps:
+            cuts = [0, *(j for j, _ in jumps), len(alive)]
+            parts = {
+                f"{seq_id}-{k + 1}": alive[a:b]
+                for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))
+            }
+
+    groups: dict[str, np.ndarray] = {}
+    for part_id, rows in parts.items():
+        two = (
+            filters.find_two_identities(emb[rows], cfg.two_identity_threshold, cfg.min_group_faces)
+            if len(rows)
+            else None
+        )
+        if two is None:
+            groups[part_id] = rows
+            continue
         detail = f"groups of {two.sizes[0]} and {two.sizes[1]} faces"
         if cfg.split_policy == "drop":
             r = filters.Removal("two_identities", two.similarity, cfg.two_identity_threshold, detail=detail)
-            removals += _removal_rows(video_id, seq_id, [face_ids[i] for i in alive], r)
-            return SequenceResult({}, removals, np.zeros(0, np.float32), np.zeros(0, np.float32))
-        groups = {f"{seq_id}-{k + 1}": alive[two.labels == k] for k in (0, 1)}
+            removals += _removal_rows(video_id, part_id, [face_ids[i] for i in rows], r)
+            continue
+        groups.update({f"{part_id}-{k + 1}": rows[two.labels == k] for k in (0, 1)})
 
     kept: dict[str, list[int]] = {}
     sims_all, dup_all = [], []
     for out_id, rows in groups.items():
         sub = emb[rows]
-        noise, centre = filters.noise_removals(sub, cfg.noise_threshold)
-        sims_all.append(sub @ centre)
+        if len(rows):
+            noise, centre = filters.noise_removals(sub, cfg.noise_threshold)
+            sims_all.append(sub @ centre)
+        else:
+            noise = []
         for r in noise:
             removals += _removal_rows(video_id, out_id, [face_ids[rows[r.index]]], r)
         rows = np.delete(rows, [r.index for r in noise])
@@ -239,10 +261,27 @@ def _sequence_rows(seq_id: str, video_id: str, cols: dict[str, Any], rows: list[
 
 
 def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") -> dict[str, Any]:
-    """Step 1 for one video, in memory: assignments, sequences, removals and centres tables, plus the
-    similarity figures the dry run shows."""
+    """Step 1 for one video: read its tracked faces, embeddings and cuts, then :func:`clean_faces`."""
     faces, cols, emb, _ = load_video_inputs(run, shard)
     video_id = shard if not faces.num_rows else faces.column("video_id")[0].as_py()
+    return clean_faces(video_id, cols, emb, cut_times(run, shard), cfg, device)
+
+
+def clean_faces(
+    video_id: str,
+    cols: dict[str, Any],
+    emb: np.ndarray,
+    cuts: np.ndarray,
+    cfg: CleanConfig,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Step 1 for one video's tracked faces, no I/O: assignments, sequences, removals and centres tables,
+    plus the similarity figures the dry run shows.
+
+    ``cols`` holds the faces' columns (face_id, seq_id, frame_idx, pts, shot_id, det_score, face_size,
+    blur, yaw), grouped by sequence and in time order within each; ``emb`` their normalised embeddings
+    row for row; ``cuts`` the times (s) of the video's shot boundaries.
+    """
     seq_ids = np.array(cols["seq_id"])
     assign_rows, seq_rows, removal_rows, centres = [], [], [], []
     sims_centre, near_dup = [], []
@@ -250,7 +289,7 @@ def clean_video(run: RunDir, shard: str, cfg: CleanConfig, device: str = "cpu") 
         np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1]]) if len(seq_ids) else np.zeros(0, np.int64)
     )
     ends = np.r_[starts[1:], len(seq_ids)] if len(seq_ids) else np.zeros(0, np.int64)
-    cols["cut_distance"] = filters.cut_distance(cols["pts"], cut_times(run, shard))
+    cols = {**cols, "cut_distance": filters.cut_distance(cols["pts"], cuts)}
     qual_cols = ("face_size", "blur", "det_score", "yaw", "cut_distance")
     for a, b in zip(starts, ends, strict=True):
         seq_id = str(seq_ids[a])

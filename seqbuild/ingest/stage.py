@@ -30,12 +30,12 @@ from ..errors import InputError
 from ..executors import Executor
 from ..imaging import encode_jpeg
 from ..layout import RunDir
-from ..schema import DETECTIONS, SCHEMA_VERSION, SHOTS, VIDEOS
+from ..schema import DETECTIONS, REMOVALS, SCHEMA_VERSION, SHOTS, VIDEOS
 from ..storage import META_CONFIG, META_TABLE, META_VERSION, ShardStore, check_schema, write_table
 from .align import align_face, face_quality
 from .config import IngestConfig
 from .decode import Frame, is_url, iter_frames, open_container, video_info
-from .shots import create_shot_detector, thumbnail_size
+from .shots import ShotDetector, ShotSegmenter, create_shot_detector, thumbnail_size
 
 log = logging.getLogger("seqbuild.ingest")
 
@@ -170,8 +170,12 @@ class _StreamingTable:
 class ShardBuilder:
     """Turns the frames of one shard (a video or a stream segment) into its shots and detections.
 
-    Frames are fed in order; each gets a thumbnail for the cut detector, and the frames due for
-    detection (every k-th frame of a shot, and each shot's first frame) are batched for the detector.
+    Frames are fed in order; each gives a thumbnail to the transition detector (:class:`ShotSegmenter`)
+    and waits ``latency`` frames in a short queue, until a hard cut at it would be known. Then, if it is
+    due for the face detector (a shot's first frame, every k-th frame), it is held until it is settled:
+    a dissolve is recognised only once it is over, so a frame may turn out to be a blend of two shots,
+    and such a frame never reaches the face detector (its faces would show two people at once). A
+    settled frame has its final shot, so each detection is written with it.
     """
 
     def __init__(
@@ -184,49 +188,39 @@ class ShardBuilder:
         self.cfg_hash = cfg_hash
         store.clear(video_id)
         self.detector = cached_detector(cfg)
-        self.shot_detector = create_shot_detector(cfg.shot_detector, threshold=cfg.cut_threshold)
+        self.segmenter = ShotSegmenter(
+            create_shot_detector(
+                cfg.shot_detector, cut_threshold=cfg.cut_threshold, max_transition=cfg.max_transition
+            ),
+            cfg.detect_every,
+        )
         self.detections = _StreamingTable(
             store.table_path("detections", video_id), DETECTIONS, "detections", cfg_hash
         )
-        self.shots: list[dict[str, Any]] = []
+        self._queue: deque[tuple[int, Frame]] = deque()  # frames until a cut at them would be known
+        self._held: deque[tuple[int, Frame]] = deque()  # due frames until they are settled
         self._pending: list[tuple[int, float, int, np.ndarray]] = []
         self._rows: list[dict[str, Any]] = []
+        self._pts: list[float] = []
         self.frames_read = 0
         self.frames_detected = 0
+        self.frames_blended = 0
         self.n_faces = 0
+        self.n_shots = 0
         self.first_pts: float | None = None
         self.last_pts: float | None = None
         self.width = 0
         self.height = 0
         self._thumb: tuple[int, int] | None = None
-        self._shot_first = 0
-        # Transitions as [first, last] frames (last is -1 while open): their frames are blends of two
-        # shots, so no face is kept from them. A gradual transition is recognised up to the detector's
-        # window after it began, so rows of the last `_guard` scanned frames are held back from the file.
-        # A hard cut after which the picture keeps changing for more than `quiet_frames` (a dissolve that
-        # opens with a jump) becomes a transition once it is quiet again; one that stays busy for the whole
-        # window is a busy shot, not a transition.
-        self._blends: list[list[int]] = []
-        self._hard_cut: int | None = None
-        self._window = int(getattr(self.shot_detector, "window", 25))
-        self._quiet_frames = int(getattr(self.shot_detector, "quiet_frames", 3))
-        self._recent_pts: deque[tuple[int, float]] = deque(maxlen=64)
-        self._scanned = -1
-        self._guard = self._window + 2
 
-    def _pts_of(self, index: int, default: float | None) -> float | None:
-        for i, pts in reversed(self._recent_pts):
-            if i == index:
-                return pts
-        return default
+    @property
+    def shot_detector(self) -> ShotDetector:
+        """The transition detector the segmenter runs."""
+        return self.segmenter.detector
 
-    def _add_blend(self, blend: list[int]) -> None:
-        # Replaced, not edited in place, so a reader in the other thread always iterates a whole list;
-        # transitions far behind the detector can no longer touch a pending frame.
-        self._blends = [*self._blends[-63:], blend]
-
-    def _in_blend(self, index: int) -> bool:
-        return any(first <= index and (last < 0 or index <= last) for first, last in self._blends)
+    @shot_detector.setter
+    def shot_detector(self, detector: ShotDetector) -> None:
+        self.segmenter = ShotSegmenter(detector, self.cfg.detect_every)
 
     def feed(self, frame: Frame, index: int) -> None:
         """Add the shard's frame number ``index`` (decoded ``frame``)."""
@@ -235,54 +229,39 @@ class ShardBuilder:
             self.add(item)
 
     def scan(self, frame: Frame, index: int) -> tuple[int, float, int, np.ndarray] | None:
-        """Cut detection and shot bookkeeping for one frame; the frame as a detection item when it is due.
-
-        Only this method touches the shots, so it may run in a decoding thread ahead of :meth:`add`.
-        """
+        """Transition detection for one frame; an earlier frame as a detection item once it is due and
+        settled (at most one per call). Only this method feeds the segmenter, so it may run in a decoding
+        thread ahead of :meth:`add`."""
         if self._thumb is None:
             self.width, self.height = int(frame.frame.width), int(frame.frame.height)
             self._thumb = thumbnail_size(self.width, self.height)
         if self.first_pts is None:
             self.first_pts = frame.pts
-        cut = self.shot_detector.update(index, frame.thumbnail(*self._thumb))
-        self._recent_pts.append((index, frame.pts))
-        if index == 0 or cut is not None:
-            # A dissolve's new shot begins where the transition began, not where it was recognised.
-            first = index if cut is None else max(cut.start, self.shots[-1]["first_frame"] + 1)
-            if self.shots:
-                self.shots[-1]["last_frame"] = first - 1
-                self.shots[-1]["last_pts"] = self._pts_of(first - 1, self.last_pts)
-            self.shots.append(
-                {
-                    "video_id": self.video_id,
-                    "shot_id": len(self.shots),
-                    "first_frame": first,
-                    "last_frame": index,
-                    "first_pts": self._pts_of(first, frame.pts),
-                    "last_pts": frame.pts,
-                    "cut_score": None if cut is None else cut.score,
-                }
-            )
-            self._shot_first = index
-            self._hard_cut = None
-            if cut is not None and cut.gradual:
-                self._add_blend([first, -1])
-            elif cut is not None:
-                self._hard_cut = index
+        self.segmenter.push(index, frame.thumbnail(*self._thumb))
+        self._pts.append(frame.pts)
         self.last_pts = frame.pts
         self.frames_read += 1
-        self._scanned = index
-        if self._hard_cut is not None and not self.shot_detector.in_transition:
-            if self._quiet_frames < index - self._hard_cut <= self._window:
-                self._add_blend([self._hard_cut, index - 1])  # rows still held back are dropped
-            self._hard_cut = None
-        if self._blends and self._blends[-1][1] < 0:
-            if self.shot_detector.in_transition:
-                return None  # a blended frame: nothing to detect
-            self._blends[-1][1] = index - 1
-            self._shot_first = index  # the first clean frame of the new shot is detected
-        if (index - self._shot_first) % self.cfg.detect_every == 0:
-            return (index, frame.pts, len(self.shots) - 1, frame.rgb())
+        self._queue.append((index, frame))
+        if len(self._queue) > self.segmenter.latency:
+            self._check_due()
+        return self._release()
+
+    def _check_due(self) -> None:
+        index, frame = self._queue.popleft()
+        if self.segmenter.due(index):
+            self._held.append((index, frame))
+
+    def _release(self) -> tuple[int, float, int, np.ndarray] | None:
+        while self._held:
+            index, frame = self._held[0]
+            settled, shot, blend = self.segmenter.settled(index)
+            if not settled:
+                return None
+            self._held.popleft()
+            if blend is not None:
+                self.frames_blended += 1  # two shots mixed: not a frame to take faces from
+                continue
+            return (index, frame.pts, shot, frame.rgb())
         return None
 
     def add(self, item: tuple[int, float, int, np.ndarray]) -> None:
@@ -295,9 +274,6 @@ class ShardBuilder:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        batch = [item for item in batch if not self._in_blend(item[0])]
-        if not batch:
-            return
         results = self.detector.detect([item[3] for item in batch])
         for (index, pts, shot_id, rgb), faces in zip(batch, results, strict=True):
             self.frames_detected += 1
@@ -330,28 +306,36 @@ class ShardBuilder:
         if len(self._rows) >= DETECTION_FLUSH_ROWS:
             self._flush()
 
-    def _flush(self, final: bool = False) -> None:
-        """Write the detected rows, except blended frames; until ``final``, hold back the rows of the last
-        frames scanned, in which a transition may still be recognised."""
-        rows = [r for r in self._rows if not self._in_blend(r["frame_idx"])]
-        limit = self._scanned - self._guard
-        self._rows = [] if final else [r for r in rows if r["frame_idx"] >= limit]
-        self.detections.write(rows if final else [r for r in rows if r["frame_idx"] < limit])
-        self.n_faces = self.detections.rows + len(self._rows)
+    def _flush(self) -> None:
+        self.detections.write(self._rows)
+        self._rows = []
 
     def commit(self, video_row: dict[str, Any]) -> dict[str, Any]:
-        """Detect the frames still pending, write the shard's tables and its completion marker."""
+        """Settle the last frames, detect what is still due, write the shard's tables and its marker."""
+        self.segmenter.finish()
+        while self._queue:
+            self._check_due()
+        while (item := self._release()) is not None:
+            self._pending.append(item)
         self._run_detector()
-        self._flush(final=True)
-        if self.shots:
-            self.shots[-1]["last_frame"] = self.frames_read - 1
-            self.shots[-1]["last_pts"] = self.last_pts
+        self._flush()
         self.detections.commit()
+        shots = self.segmenter.shot_rows(self.video_id, self.frames_read, self._pts)
+        self.n_shots = len(shots)
         write_table(
             self.store.table_path("shots", self.video_id),
-            pa.Table.from_pylist(self.shots, schema=SHOTS),
+            pa.Table.from_pylist(shots, schema=SHOTS),
             SHOTS,
             "shots",
+            self.cfg_hash,
+        )
+        # No face is detected in a dissolve's blended frames (they never reach the face detector), so
+        # ingest removes none; the table is written so that "none" is explicit.
+        write_table(
+            self.store.table_path("removals", self.video_id),
+            REMOVALS.empty_table(),
+            REMOVALS,
+            "removals",
             self.cfg_hash,
         )
         row = {
@@ -362,7 +346,7 @@ class ShardBuilder:
             "frames_read": self.frames_read,
             "frames_detected": self.frames_detected,
             "n_faces": self.n_faces,
-            "n_shots": len(self.shots),
+            "n_shots": self.n_shots,
             "start_pts": self.first_pts,
             **video_row,
         }
@@ -377,7 +361,7 @@ class ShardBuilder:
 def write_video_row(
     store: ShardStore, row: dict[str, Any], cfg_hash: str, write_empty_faces: bool = True
 ) -> None:
-    """Write a shard's videos row (plus empty shots/detections when asked) and mark the shard done."""
+    """Write a shard's videos row (plus empty shots/detections/removals when asked) and mark the shard done."""
     full = {f.name: row.get(f.name) for f in VIDEOS}
     vid = full["video_id"]
     if write_empty_faces:
@@ -385,6 +369,7 @@ def write_video_row(
             store.table_path("detections", vid), DETECTIONS.empty_table(), DETECTIONS, "detections", cfg_hash
         )
         write_table(store.table_path("shots", vid), SHOTS.empty_table(), SHOTS, "shots", cfg_hash)
+        write_table(store.table_path("removals", vid), REMOVALS.empty_table(), REMOVALS, "removals", cfg_hash)
     write_table(
         store.table_path("videos", vid),
         pa.Table.from_pylist([full], schema=VIDEOS),

@@ -66,6 +66,13 @@ class CleanConfig:
         0.0, "faces this many seconds or less from a shot cut are removed as near_cut; 0 = off", min=0.0
     )
     min_faces: int = option(5, "sequences left with fewer faces are removed", min=1)
+    model_thresholds: str = option(
+        "auto",
+        "auto: for a model whose thresholds were not measured (anything but FaceNet) the noise, jump,"
+        " two-identity and rerun thresholds are derived from the run's impostor scores | as_set: use them"
+        " as configured",
+        choices=("auto", "as_set"),
+    )
     rerun_threshold: float = option(
         0.9, "sequence-centre similarity that flags a possible rerun", min=-1.0, max=1.0, part="reruns"
     )

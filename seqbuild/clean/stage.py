@@ -516,13 +516,17 @@ def run_clean(
     run: str | Path, cfg: CleanConfig, executor: Executor | None = None, progress: bool = True
 ) -> StageSummary:
     """Clean every embedded video of ``run``; with ``cfg.dry_run`` print what would be removed and write nothing."""
+    from .model import thresholds_for_model
+
     rundir = RunDir(run)
     videos = rundir.require("embed", "clean").done_shards()
     videos = [v for v in videos if rundir.track.is_done(v)]
+    cfg, model_info = thresholds_for_model(rundir, cfg, videos)
     if cfg.dry_run:
         return dry_run(rundir, cfg, videos, progress)
     device = _device(cfg)
     summary = StageSummary("clean", videos=len(videos))
+    summary.details["model"] = model_info
     store = local_store(rundir)
     tasks = []
     for video in videos:

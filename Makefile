@@ -10,7 +10,7 @@ MEDIA ?= ../shared/media
 GALLERY ?= $(MEDIA)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e bench-table2 gpu-check clean-venv
+.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-decisions bench-identification bench-train bench-e2e bench-table2 gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -53,7 +53,7 @@ train-demo: demo
 	$(VENV)/bin/seqbuild train --config pipelines/train-demo.toml --identities runs/demo-identities \
 		--sequences $(RUN)/dataset --out runs/train-demo
 
-bench: bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e
+bench: bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-decisions bench-identification bench-train bench-e2e
 
 bench-ingest: setup
 	$(PY) -m benchmarks.bench_ingest
@@ -71,6 +71,11 @@ bench-embed: setup
 
 bench-overlap: setup
 	$(PY) -m benchmarks.bench_overlap
+
+# Identity scores and calibrated decisions on every real face of MEDIA, and the ArcFace crop check
+# (runs, galleries and JSON in runs/bench-decisions).
+bench-decisions: setup
+	SEQBUILD_MEDIA=$(MEDIA) $(PY) -m benchmarks.bench_overlap --part decisions,align --out runs/bench-decisions
 
 # 1M x 512 synthetic distractor features (2 GB, kept in runs/bench-identification) and FaceNet on MEDIA.
 bench-identification: setup

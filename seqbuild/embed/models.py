@@ -9,6 +9,9 @@ else one download attempt that fails fast offline and falls through); by default
 ``seqface``: a backbone trained by ``seqbuild train`` (a checkpoint file), fed the 128x128 centre crop of
 the aligned 144x144 crop, standardised as (x - 127.5) / 128.
 
+``onnx``: a recognition model in insightface's convention, ``onnx:PATH``
+(:mod:`seqbuild.embed.onnx_embedder`), on the ArcFace 112 crop derived from the stored crop.
+
 Each embedder carries ``same_identity_threshold``: the cosine similarity above which two faces are taken
 for the same person, measured on real faces by ``benchmarks/bench_embed.py`` (docs/benchmarks.md).
 """

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 GALLERY_FORMAT = 2
 
 CENTRE_THRESHOLDS: dict[str, float] = {"facenet": 0.45}
-"""Default cosine threshold between a sequence centre and a gallery identity centre, per embedder.
+"""Fallback cosine threshold between a sequence centre and a gallery identity centre, per embedder, used
+only when a run has too few sequences to calibrate its thresholds (:mod:`seqbuild.overlap.decide`).
 
 facenet 0.45, from benchmarks/bench_overlap.py (docs/benchmarks.md), with FaceNet's "fixed" input
 standardisation (the one the model was trained with) on both sides: the centres of sequences of people

@@ -758,7 +758,20 @@ def decisions_study(media: Path, out: Path) -> dict:
                     (pooled[opt]["genuine"] if ids[jj] == s["label"] else pooled[opt]["impostor"]).append(v)
                     if ids[jj] == s["label"]:
                         pooled[opt]["genuine_names"].append(f"{scen}: {s['label']}")
+            at_sizes = {}
+            for n in SIZES:
+                c = decide.calibrate(scen, full.embedder, opt, n, imp, genuine, 0.001, 1e-5, cohort=cohort,
+                                     default_threshold=0.45, n_sequences=len(qs))  # fmt: skip
+                at_sizes[str(n)] = {
+                    "threshold": c.threshold_for_target,
+                    "genuine_kept_at_target": None
+                    if not len(genuine)
+                    else float(np.mean(genuine >= c.threshold_for_target)),
+                    "fpir_keeping_95pct_genuine": c.fpir_for_genuine,
+                    "warning": c.warning is not None,
+                }
             entry["options"][opt] = {
+                "at_sizes": at_sizes,
                 "threshold": round(cal.threshold, 3),
                 "confident": round(cal.confident_threshold, 3),
                 "fit": [round(cal.fit["loc"], 3), round(cal.fit["scale"], 3)] if cal.fit else None,

@@ -176,3 +176,18 @@ def test_cli_decisions_and_decided_by(setup, tmp_path):
         cli, ["dedup-overlap", str(run.root), "--decisions", str(bad), "--decided-by", "cy"]
     )
     assert res.exit_code != 0 and res.output.count("error:") == 1 and "nobody" in res.output
+
+
+def test_per_face_decisions_have_their_own_calibration(tmp_path):
+    rng = np.random.default_rng(7)
+    seqs, names, images = world(rng)
+    # a stranger's track (8 faces) that drifted onto gallery person p2 for its last one
+    stranger = unit(unit(rng.standard_normal(DIM) * np.r_[np.full(DIM // 2, 0.15), np.ones(DIM // 2)]))
+    seqs["s00005"] = list(unit(stranger + 0.05 * rng.standard_normal((7, DIM)))) + [np.eye(DIM)[2]]
+    run = make_run(tmp_path / "run", seqs=seqs)
+    gallery = features_gallery(tmp_path / "optout", names, images)
+    run_dedup_overlap(run.root, OverlapConfig(galleries=[str(gallery)], per_face=True), progress=False)
+    assert (run.dedup_overlap.root / "_calibration" / "optout.faces.json").exists()
+    face_rows = [r for r in rows(run, "removals", REMOVALS) if r["scope"] == "face"]
+    assert {r["seq_id"].split("-")[1] for r in face_rows} == {"s00005"} and len(face_rows) == 1
+    assert all(r["identity"] == "p2" and r["fpir"] is not None for r in face_rows)

@@ -32,6 +32,7 @@ from .decide import (
     calibrate,
     create_score,
     identity_stats,
+    typical_stats,
 )
 from .gallery import Gallery, read_gallery_images
 
@@ -177,10 +178,14 @@ def calibrate_gallery(
     images, rows = gallery_images(gallery)
     score = cfg.score
 
+    typical = typical_stats(stats)
+
     def attempt(score: str) -> Calibration:
         scorer = gallery_scorer(gallery, cfg, score, stats)
         impostor = scorer.impostor_sample(queries, faces, include_best=len(gallery.identities) < 2)
-        genuine, cohort_scores = scorer.gallery_self_scores(images, rows)
+        genuine, cohort_scores = gallery_scorer(gallery, cfg, score, typical).gallery_self_scores(
+            images, rows
+        )
         return calibrate(
             gallery.name,
             model,

@@ -81,6 +81,21 @@ class IdentityStats:
         return {"top_mean": self.top_mean, "loc": self.loc, "scale": self.scale}
 
 
+def typical_stats(stats: IdentityStats) -> IdentityStats:
+    """Every identity given the median identity's statistics.
+
+    The gallery's photos are scored against it (genuine and cohort scores): an identity whose person is
+    in the run has its own sequences among its nearest ones, which would make its photos look like poor
+    matches of themselves, while the check they serve is about the model at the gallery's size."""
+
+    def flat(x: np.ndarray, empty: float) -> np.ndarray:
+        return np.full_like(x, np.median(x) if len(x) else empty)
+
+    return dataclasses.replace(
+        stats, top_mean=flat(stats.top_mean, 0.0), loc=flat(stats.loc, 0.0), scale=flat(stats.scale, 1.0)
+    )
+
+
 def robust_loc_scale(
     scores: np.ndarray, axis: int = -1, floor: float = 1e-3
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -741,7 +741,8 @@ def decisions_study(media: Path, out: Path) -> dict:
             scores = scorer.scores(cand)
             imp = scorer.impostor_sample(q, faces, include_best=len(ids) < 2)
             typical = decide.GalleryScorer(centres, decide.create_score(opt), decide.typical_stats(stats))
-            genuine, cohort = typical.gallery_self_scores(img, img_rows)
+            genuine, _ = typical.gallery_self_scores(img, img_rows)
+            _, cohort = scorer.gallery_self_scores(img, img_rows)
             cal = decide.calibrate(scen, full.embedder, opt, len(ids), imp, genuine, 0.001, 1e-5, cohort=cohort,
                                    default_threshold=0.45, n_sequences=len(qs))  # fmt: skip
             best, brow = decide.best(scores, cand)
@@ -801,6 +802,10 @@ def decisions_study(media: Path, out: Path) -> dict:
             "impostor_above_genuine_min": int((i >= g.min()).sum()),
             "operating_point": t_op,
             "fpir_at_operating_point": {str(n): float(openset.model_fpir(fit, t_op, n)) for n in SIZES},
+            "fpir_at_operating_point_moments_fit": {
+                str(n): float(openset.model_fpir(openset.fit_impostor(i, "moments"), t_op, n)) for n in SIZES
+            },
+            "observed_far_at_operating_point": float(np.mean(i >= t_op)),
             "tail_check": openset.tail_check(fit, i, min_count=5),
             "wrong_decisions": sum(len(e["options"][opt]["wrong"]) for e in per_scenario.values()),
         }  # fmt: skip

@@ -183,9 +183,10 @@ def calibrate_gallery(
     def attempt(score: str) -> Calibration:
         scorer = gallery_scorer(gallery, cfg, score, stats)
         impostor = scorer.impostor_sample(queries, faces, include_best=len(gallery.identities) < 2)
-        genuine, cohort_scores = gallery_scorer(gallery, cfg, score, typical).gallery_self_scores(
-            images, rows
-        )
+        # Genuine: against a typical identity's neighbourhood (:func:`typical_stats`); cohort impostors:
+        # against each identity's own, whose spread across identities is part of the impostor scores.
+        genuine, _ = gallery_scorer(gallery, cfg, score, typical).gallery_self_scores(images, rows)
+        _, cohort_scores = scorer.gallery_self_scores(images, rows)
         return calibrate(
             gallery.name,
             model,

@@ -84,8 +84,8 @@ class IdentityStats:
 def typical_stats(stats: IdentityStats) -> IdentityStats:
     """Every identity given the median identity's statistics.
 
-    The gallery's photos are scored against it (genuine and cohort scores): an identity whose person is
-    in the run has its own sequences among its nearest ones, which would make its photos look like poor
+    The gallery's photos are scored against it for their genuine scores: an identity whose person is in
+    the run has its own sequences among its nearest ones, which would make its photos look like poor
     matches of themselves, while the check they serve is about the model at the gallery's size."""
 
     def flat(x: np.ndarray, empty: float) -> np.ndarray:

@@ -774,7 +774,19 @@ def decisions_study(media: Path, out: Path) -> dict:
                     "fpir_keeping_95pct_genuine": c.fpir_for_genuine,
                     "warning": c.warning is not None,
                 }
+            # What the run alone would give: its own robust spread, without the gallery's.
+            run_only = openset.fit_impostor(imp, "robust") if len(imp) >= 2 else None
+            t_run_only = (
+                float(openset.threshold_for_fpir(run_only, 0.001, len(ids))) if run_only is not None else None
+            )
             entry["options"][opt] = {
+                "run_only_spread": None if run_only is None else run_only.scale,
+                "run_only_threshold": t_run_only,
+                "run_only_strangers_kept": None
+                if t_run_only is None
+                else int(
+                    sum((s["label"] not in ids) and b < t_run_only for s, b in zip(qs, best, strict=True))
+                ),
                 "at_sizes": at_sizes,
                 "threshold": round(cal.threshold, 3),
                 "confident": round(cal.confident_threshold, 3),

@@ -12,7 +12,11 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-decisions bench-identification bench-train bench-e2e bench-table2 gpu-check clean-venv
 
+# The demo's photos of seven of its people ship in insightface 2.1's source archive: set-up downloads it into
+# the user cache (the demo reads the photos from it; it is never installed; its metadata is read with the venv's
+# setuptools, as for `pip install -e .`). Offline the demo shows fewer people.
 setup: $(STAMP)
+	@c="$${XDG_CACHE_HOME:-$$HOME/.cache}/seqbuild"; test -f "$$c/insightface-2.1.tar.gz" || $(PY) -m pip download -q --no-deps --no-binary :all: --no-build-isolation --retries 1 --timeout 15 -d "$$c" insightface==2.1 || echo "note: insightface 2.1's source archive could not be downloaded: the demo will show fewer people"
 
 $(STAMP): pyproject.toml tools/requirements.py tools/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +51,10 @@ demo: setup
 e2e: setup
 	$(VENV)/bin/seqbuild run pipelines/e2e.toml --set ingest.inputs=$(MEDIA) --set dedup_overlap.galleries=$(GALLERY) --out runs/e2e
 
-# A few CPU training steps on the demo's sequences plus an identity set made from GALLERY (pipelines/train-demo.toml).
+# A few CPU training steps on the demo's sequences plus the labelled identity set the demo writes
+# (views of its people's photos, RUN/media/identities; pipelines/train-demo.toml).
 train-demo: demo
-	$(VENV)/bin/seqbuild import-identities $(GALLERY) --out runs/demo-identities
+	$(VENV)/bin/seqbuild import-identities $(RUN)/media/identities --out runs/demo-identities
 	$(VENV)/bin/seqbuild train --config pipelines/train-demo.toml --identities runs/demo-identities \
 		--sequences $(RUN)/dataset --out runs/train-demo
 

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from .layout import RunDir
 from .schema import ASSIGNMENTS, DETECTIONS, FACES, REMOVALS, SEQUENCES
-from .storage import read_table, write_table
+from .storage import ShardStore, ensure_folder, read_table, write_table
 
 
 def faces_for_shard(run: RunDir, stage: str, shard: str) -> pa.Table:
@@ -27,14 +27,15 @@ def faces_for_shard(run: RunDir, stage: str, shard: str) -> pa.Table:
 
 def export_stage(run: RunDir, stage: str, out: str | Path, config_hash: str = "") -> dict[str, int]:
     """Write ``out/faces``, ``out/sequences`` and ``out/removals`` for every video completed by ``stage``."""
-    out = Path(out)
+    dest = ShardStore(ensure_folder(out, "export folder"))
     store = run.stage(stage)
     counts = {"videos": 0, "faces": 0, "sequences": 0}
     for shard in store.done_shards():
+        faces_path, seqs_path = dest.table_path("faces", shard), dest.table_path("sequences", shard)
         faces = faces_for_shard(run, stage, shard)
-        write_table(out / "faces" / f"{shard}.parquet", faces, FACES, "faces", config_hash)
+        write_table(faces_path, faces, FACES, "faces", config_hash)
         seqs = read_table(store.table_path("sequences", shard), SEQUENCES)
-        write_table(out / "sequences" / f"{shard}.parquet", seqs, SEQUENCES, "sequences", config_hash)
+        write_table(seqs_path, seqs, SEQUENCES, "sequences", config_hash)
         counts["videos"] += 1
         counts["faces"] += faces.num_rows
         counts["sequences"] += seqs.num_rows

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .storage import read_regular_file
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
@@ -19,16 +20,22 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """An RGB uint8 image from JPEG (or PNG) bytes."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    """An RGB uint8 image from JPEG (or PNG) bytes; ValueError when they are empty or undecodable."""
+    if not data:
+        raise ValueError("empty image (no bytes)")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ValueError(f"undecodable image bytes ({str(exc).strip().splitlines()[-1]})") from None
     if img is None:
         raise ValueError("undecodable image bytes")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_image(path: str) -> np.ndarray:
-    """An RGB uint8 image from a file; InputError naming the file when it cannot be read."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise InputError(f"{path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """An RGB uint8 image from a regular file; InputError naming the file when it cannot be read."""
+    data = read_regular_file(path)
+    try:
+        return decode_jpeg(data)
+    except ValueError:
+        raise InputError(f"{path}: not a readable image") from None

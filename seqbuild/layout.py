@@ -22,10 +22,11 @@ class RunDir:
         self.root = Path(root)
 
     def stage(self, name: str) -> ShardStore:
-        """The shard store of stage ``name``."""
+        """The shard store of stage ``name`` (the last stage's shards include their files in the dataset)."""
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}")
-        return ShardStore(self.root / name)
+        linked = {"dataset": self.dataset} if name == STAGES[-1] else None
+        return ShardStore(self.root / name, linked=linked)
 
     def __getattr__(self, name: str) -> ShardStore:
         if name in STAGES:

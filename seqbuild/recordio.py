@@ -19,6 +19,7 @@ Damaged files raise :class:`RecordIOError`, a one-line InputError that names the
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LEN_MASK = (1 << 29) - 1
 _IR_FORMAT = "<IfQQ"
 _IR_SIZE = struct.calcsize(_IR_FORMAT)
+MAX_LABEL = 1 << 31
+"""Class labels are below this (insightface's largest sets hold a few million identities)."""
 
 
 class RecordIOError(InputError):
@@ -52,8 +55,15 @@ class IRHeader:
 
     @property
     def class_label(self) -> int:
-        """The identity class of an image record (the first label value when there are several)."""
+        """The identity class of an image record (the first label value when there are several).
+
+        ValueError when it is not a class number: NaN, infinite, negative, fractional or above 2**31.
+        """
         value = self.label[0] if isinstance(self.label, tuple) else self.label
+        if not math.isfinite(value) or value < 0 or value != int(value) or value >= MAX_LABEL:
+            raise ValueError(
+                f"label {value!r} is not a class number (a whole number from 0 to {MAX_LABEL - 1})"
+            )
         return int(value)
 
 
@@ -191,6 +201,23 @@ class RecordIOReader:
         except ValueError as exc:
             raise RecordIOError(f"{self.rec_path}: record {key}: {exc}") from None
 
+    def read_labelled_image(self, key: int) -> tuple[int, bytes]:
+        """The class label and image bytes of image record ``key``; RecordIOError for a record that is
+        damaged, has no usable label, or holds no image."""
+        header, image = self.read_image(key)
+        return self.image_label(key, header, image), image
+
+    def image_label(self, key: int, header: IRHeader, image: bytes) -> int:
+        """The class label of image record ``key`` (read as ``header`` and ``image``); RecordIOError
+        naming the file and the record when the label is not a class number or there is no image."""
+        try:
+            label = header.class_label
+        except ValueError as exc:
+            raise RecordIOError(f"{self.rec_path}: record {key}: {exc}") from None
+        if not image:
+            raise RecordIOError(f"{self.rec_path}: record {key}: empty image (no bytes after the header)")
+        return label
+
     def scan(self) -> Iterator[tuple[int, bytes]]:
         """Every record in file order as ``(position, payload)``, without the index."""
         pos, n = 0, 0
@@ -207,7 +234,13 @@ class RecordIOReader:
         if 0 in self.index:
             header, _ = self.read_image(0)
             if header.flag > 0 and isinstance(header.label, tuple) and len(header.label) >= 2:
-                end = int(header.label[0])
+                end = header.label[0]
+                images = [k for k in keys if k >= 1]
+                if not math.isfinite(end) or end != int(end) or not 1 <= end <= len(images) + 1:
+                    raise RecordIOError(
+                        f"{self.rec_path}: record 0 (the header) says the images are records 1 to {end - 1:.0f}, "
+                        f"but the index lists {len(images)} records after it (damaged header)"
+                    )
                 return [k for k in keys if 1 <= k < end]
         return keys
 

@@ -39,6 +39,10 @@ class StageSpec:
     """Per-video work with completion markers (part of the chain); False for whole-dataset stages."""
     cli: str = ""
     """``module:command`` of the stage's click command (its stage-specific flags)."""
+    check: str = ""
+    """``module:function`` taking ``(run, cfg)`` that raises a SeqbuildError for inputs the stage cannot use
+    (no sources, a broken gallery); run before anything of the stage is invalidated, so that a bad input
+    never costs the outputs already written."""
 
     @property
     def command(self) -> str:
@@ -57,6 +61,11 @@ class StageSpec:
         """The stage's click command."""
         return _load(self.cli)
 
+    def check_inputs(self, run: Any, cfg: Any) -> None:
+        """Refuse inputs the stage cannot use (a no-op for stages without a check)."""
+        if self.check:
+            _load(self.check)(run, cfg)
+
 
 def _load(ref: str) -> Any:
     module, name = ref.split(":")
@@ -73,6 +82,7 @@ SPECS: tuple[StageSpec, ...] = (
         writes=("videos", "shots", "detections", "removals"),
         gpu=True,
         cli="seqbuild._cli.ingest:ingest",
+        check="seqbuild.ingest.stage:check_inputs",
     ),
     StageSpec(
         "track",
@@ -116,6 +126,7 @@ SPECS: tuple[StageSpec, ...] = (
         reads=("clean/assignments", "clean/sequences", "embed/embeddings", "ingest/detections"),
         writes=("assignments", "sequences", "removals"),
         cli="seqbuild._cli.overlap:dedup_overlap",
+        check="seqbuild.overlap.stage:check_inputs",
     ),
     StageSpec(
         "train",

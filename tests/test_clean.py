@@ -352,6 +352,7 @@ def test_missing_embedding_fails_that_video_only(built, allow_error_logs):
     path = run.embed.table_path("embeddings", "bbbbbbbbbbbb")
     t = read_table(path)
     write_table(path, t.slice(0, t.num_rows - 1), embeddings_schema(DIM), "e")
+    run.embed.mark_done("bbbbbbbbbbbb", run.embed.marker("bbbbbbbbbbbb")["config_hash"])  # a whole output
     summary = run_clean(run.root, cfg(), progress=False)
     assert summary["failed"] == 1 and "no embedding for face" in summary["failures"][0]["error"]
     assert run.clean.is_done("aaaaaaaaaaaa") and not run.clean.is_done("bbbbbbbbbbbb")

@@ -21,7 +21,7 @@ from seqbuild.layout import RunDir
 from seqbuild.pipeline.loading import load_pipeline
 from seqbuild.pipeline.run import run_pipeline
 from seqbuild.schema import DETECTIONS, FACES
-from seqbuild.storage import read_table, read_tables, safe_name, write_table
+from seqbuild.storage import UnsafeNameError, read_table, read_tables, safe_name, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,7 +190,8 @@ def test_corrupt_parquet_is_reported_not_read_as_empty(tmp_path):
     run = ingested(tmp_path / "run")
     run_pipeline(run.root, load_pipeline(track_pipeline(tmp_path / "p.toml")), progress=False)
     path = run.track.table_path("assignments", VIDEOS[1])
-    path.write_bytes(path.read_bytes()[:100])
+    data = path.read_bytes()
+    path.write_bytes(data[:100] + bytes(len(data) - 100))  # damaged in place, same size
     with pytest.raises(CorruptTableError, match=path.name):
         read_table(path)
     with pytest.raises(CorruptTableError):
@@ -214,10 +215,11 @@ def test_paths_from_manifests_cannot_escape_the_run(tmp_path):
     (tmp_path / "run" / "link").symlink_to(tmp_path)
     with pytest.raises(InputError):
         run.resolve("link/secret")
-    # Shard ids become file names inside the store, whatever they contain.
-    path = run.track.table_path("assignments", "../../../etc/passwd")
-    assert path.resolve().parent == (tmp_path / "run/track/assignments").resolve()
-    assert safe_name("..") != ".."
+    # A shard id that would leave the store is refused, never rewritten into another file's name.
+    for bad in ("../../../etc/passwd", "/etc/passwd", "..", "a/b", "x\ny"):
+        with pytest.raises(UnsafeNameError):
+            run.track.table_path("assignments", bad)
+    assert safe_name("a-b_c.1") == "a-b_c.1"
 
 
 class _Payload:
@@ -257,11 +259,11 @@ def _clips(folder: Path) -> list[str]:
     a, h = "astronaut", "grace_hopper"
     specs = [
         [
-            Shot(20, [Move(a, (224, 130), (224, 118), 480, 420)]),
-            Shot(20, [Move(h, (230, 230), (260, 230), 480, 480)]),
+            Shot(20, [Move(a, zoom=(3.2, 2.8))]),
+            Shot(20, [Move(h, zoom=(2.6, 2.6), pan=((0.0, 0.2), (0.15, 0.2)))]),
         ],
-        [Shot(20, [Move(h, (260, 232), (262, 240), 440, 500)]), Shot(10, [])],
-        [Shot(25, [Move(a, (226, 120), (218, 124), 260, 240), Move(h, (262, 232), (268, 226), 330, 310)])],
+        [Shot(20, [Move(h, zoom=(2.4, 2.8))]), Shot(10, [])],
+        [Shot(25, [Move(a, zoom=(2.6, 2.4)), Move(h, zoom=(2.4, 2.6))])],
     ]
     out = []
     for i, shots in enumerate(specs):

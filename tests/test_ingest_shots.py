@@ -127,6 +127,37 @@ def test_a_slow_pan_is_not_a_cut_or_a_dissolve():
     assert _detect(frames) == []
 
 
+def _moving_light_and_zoom(seed: int, n: int, start: int, stop: int) -> list[np.ndarray]:
+    """One scene that zooms in, turns and is lit from one side between ``start`` and ``stop`` (eased in
+    and out), still before and after: it goes from one picture to another along a near-straight line."""
+    big = _texture(seed, H * 2, W * 2).astype(np.float32)
+    ramp = np.linspace(0.0, 1.0, W, dtype=np.float32)[None, :, None]
+    frames = []
+    for t in range(n):
+        u = float(np.clip((t - start) / (stop - start), 0.0, 1.0))
+        u = u * u * (3 - 2 * u)  # eased
+        scale, angle = 1.0 + 0.35 * u, 8.0 * u
+        m = cv2.getRotationMatrix2D((W, H), angle, scale)
+        view = cv2.warpAffine(big, m, (2 * W, 2 * H), borderMode=cv2.BORDER_REFLECT)[
+            H // 2 : H // 2 + H, W // 2 : W // 2 + W
+        ]
+        light = 1.0 - 0.45 * u * ramp
+        frames.append((view * light).clip(0, 255).astype(np.uint8))
+    return frames
+
+
+def test_a_slow_zoom_turn_and_relight_is_not_a_dissolve():
+    """A change that travels between two pictures without the mid-transition dip in contrast that a mix
+    of two pictures has is a move within the shot, not a dissolve."""
+    frames = _moving_light_and_zoom(21, 90, 20, 56)
+    assert _detect(frames) == []
+    # The same two end pictures mixed over the same frames are a dissolve.
+    a, b = frames[:20], frames[56:]
+    mixed = a + _dissolve(a, [b[0]] * 36, 36) + b
+    found = _detect(mixed)
+    assert [t.kind for t in found] == ["dissolve"]
+
+
 def test_a_brightness_change_inside_a_shot_is_not_a_transition():
     frames = [
         (f.astype(np.float32) * (1.0 - 0.4 * min(t, 20) / 20)).astype(np.uint8)

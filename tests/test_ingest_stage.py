@@ -311,6 +311,7 @@ class _Frame:
     def __init__(self, index: int) -> None:
         self.index, self.pts = index, index / 25.0
         self.frame = type("F", (), {"width": 100, "height": 100})()
+        self.width = self.height = 100
 
     def thumbnail(self, width, height):
         return np.zeros((height, width, 3), np.uint8)

@@ -268,7 +268,8 @@ def test_a_damaged_video_fails_alone(tmp_path, galleries, allow_error_logs):
     celebs, _ = galleries
     run = make_run(tmp_path / "run")
     make_run(tmp_path / "run", video="bbbbbbbbbbbb")
-    (run.clean.table_path("assignments", "bbbbbbbbbbbb")).write_bytes(b"PAR1 garbage")
+    damaged = run.clean.table_path("assignments", "bbbbbbbbbbbb")
+    damaged.write_bytes(b"PAR1 garbage".ljust(damaged.stat().st_size, b"\0"))  # same size: still listed
     summary = run_dedup_overlap(
         run.root, OverlapConfig(galleries=[str(celebs)], thresholds=[0.5]), progress=False
     )

@@ -132,7 +132,7 @@ def test_a_new_input_reruns_ingest_and_track(fakes, tmp_path):
     assert len(RunDir(run).track.done_shards()) == 2
 
 
-def test_failed_videos_leave_the_stage_incomplete(fakes, tmp_path, caplog):
+def test_failed_videos_leave_the_stage_incomplete(fakes, tmp_path, allow_error_logs):
     run = tmp_path / "run"
     FAIL.add(hashlib.sha1(fakes[1].encode()).hexdigest()[:12])
     res = runner.run_pipeline(run, pipeline(fakes), progress=False)

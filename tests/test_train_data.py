@@ -94,7 +94,12 @@ def test_import_identities_folder_writes_parquet_and_lists_skipped(tmp_path):
         cli, ["import-identities", str(src), "--out", str(tmp_path / "ids"), "--aligned"]
     )
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"identities": 3, "images": 12, "skipped": 1}
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {
+        "identities": 3,
+        "images": 12,
+        "skipped": 1,
+        "refused": 0,
+    }
     files = list((tmp_path / "ids" / "identity_images").glob("*.parquet"))
     table = read_table(files[0], IDENTITY_IMAGES)
     assert sorted(set(table.column("identity").to_pylist())) == ["person_0", "person_1", "person_2"]
@@ -201,7 +206,12 @@ def test_import_identities_detects_and_aligns_real_photos(tmp_path, media):
         cli, ["import-identities", str(tmp_path / "src"), "--out", str(tmp_path / "ids"), "--device", "cpu"]
     )
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"identities": 2, "images": 2, "skipped": 1}
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {
+        "identities": 2,
+        "images": 2,
+        "skipped": 1,
+        "refused": 0,
+    }
     skipped = json.loads((tmp_path / "ids" / "skipped.json").read_text())
     assert skipped[0]["reason"] == "no_face"
     ids = read_identities(tmp_path / "ids")

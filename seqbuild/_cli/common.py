@@ -15,6 +15,7 @@ from ..driver import StageSummary
 from ..errors import SeqbuildError
 from ..logs import setup_logging
 from ..pipeline.loading import Pipeline, load_pipeline
+from ..storage import disk_full_error, ensure_folder, is_disk_full
 
 log = logging.getLogger("seqbuild")
 
@@ -54,7 +55,11 @@ def load_config(
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Print a SeqbuildError as one line on stderr and exit with its code (no traceback); Ctrl-C exits 130."""
+    """Print a SeqbuildError as one line on stderr and exit with its code (no traceback); Ctrl-C exits 130.
+
+    An operating-system error that reaches the command (a folder that cannot be written, a file that
+    vanished) is one line naming the file too, with the exit code 1; a full disk is a DiskFullError.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,12 +71,29 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("interrupted: finished videos are kept; run the command again to resume", err=True)
             sys.exit(130)
+        except OSError as exc:
+            log.debug("operating-system error", exc_info=True)
+            if is_disk_full(exc):
+                exc = disk_full_error(exc.filename or "output", exc)
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(exc.exit_code)
+            click.echo(f"error: {os_error_line(exc)}", err=True)
+            sys.exit(1)
 
     return wrapper
 
 
+def os_error_line(exc: OSError) -> str:
+    """``FILE: reason`` for an operating-system error (the files it names, then its message)."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 def start_logging(level: str, run: str | Path | None) -> None:
     """Log to the console and, with a run directory, to RUN/logs/seqbuild.log."""
+    if run:
+        ensure_folder(Path(run) / "logs", "run folder")
     setup_logging(level, Path(run) / "logs" / "seqbuild.log" if run else None)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from .common import (
@@ -125,3 +128,16 @@ def gallery_build(src, out, name, identities, config_path, sets, log_level, no_p
         click.echo(
             f"  {len(manifest['identities_without_images'])} identities have no usable image", err=True
         )
+    damaged = manifest["status_counts"].get("unreadable", 0) if manifest["source_kind"] == "rec" else 0
+    if damaged:
+        # One RecordIO file holds every image: an unreadable record means the file is damaged.
+        from ..overlap.gallery import read_gallery_images
+
+        images = read_gallery_images(out).select(["status", "error"]).to_pylist()
+        first = next((r["error"] for r in images if r["status"] == "unreadable"), src)
+        click.echo(
+            f"error: {first} ({damaged} damaged record(s) in all, listed in {Path(out) / 'images'}; "
+            "the gallery holds the others)",
+            err=True,
+        )
+        sys.exit(1)

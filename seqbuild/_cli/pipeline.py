@@ -71,6 +71,8 @@ def demo(run, sets, executor, progress, log_level) -> None:
     start_logging(log_level, run)
     made, results = run_demo(run, sets, executor=executor, progress=progress)
     click.echo(f"demo broadcast: {made.video} ({made.frames} frames), ground truth {made.ground_truth}")
+    if made.note:
+        click.echo(f"note: {made.note}")
     click.echo(f"{run}:")
     _print_results(results)
     if any(r.failures for r in results):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -258,3 +259,14 @@ def import_identities(src, out, config_path, sets, log_level, no_progress, **fla
     pipeline = load_config(config_path, sets, flags_layer("import_identities", **flags))
     summary = run_import(src, out, pipeline["import_identities"], progress=not no_progress)
     click.echo(json.dumps(summary))
+    if summary.get("refused"):
+        from ..train.identities import REFUSED
+
+        listed = Path(out) / "skipped.json"
+        first = next(s for s in json.loads(listed.read_text()) if s["reason"] in REFUSED)
+        click.echo(
+            f"error: {first['detail']} ({summary['refused']} damaged record(s) or unusable identity "
+            f"folder(s) refused in all, listed in {listed}; the other {summary['images']} images were imported)",
+            err=True,
+        )
+        sys.exit(1)

@@ -234,14 +234,9 @@ def _download_pretrained(name: str) -> Path | None:
 
 
 def _load_state_file(path: Path) -> dict:
-    import torch
+    from ..storage import load_torch_weights
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: weights file not found") from None
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable torch weights file ({exc})") from None
+    state = load_torch_weights(path, "cpu", what="weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -3,11 +3,17 @@
 Frames stay as PyAV frames until asked for: the shot detector takes a small thumbnail of every frame,
 and only the frames that go to the face detector are converted to full-size RGB, which keeps decoding
 cheap and memory bounded whatever the length of the video.
+
+A video stored sideways with a display matrix (phones record this way: the pixels as the sensor saw
+them, plus "rotate by 90 degrees to show") is turned upright here, so that every later step (cut
+detection, face detection, boxes, landmarks, crops, the frame size in the videos table) sees the
+picture the way a player shows it, and a rotated copy of a video gives the same faces as the original.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,21 +46,91 @@ class VideoInfo:
     frames: int | None
 
 
+@dataclass(frozen=True)
+class Orientation:
+    """How to turn a decoded picture upright: quarter turns counterclockwise, then a left-right mirror."""
+
+    quarter_turns: int = 0
+    mirror: bool = False
+
+    @property
+    def swaps_sides(self) -> bool:
+        """True when the upright picture's width is the stored picture's height."""
+        return self.quarter_turns % 2 == 1
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (H, W, ...) as it is displayed (a contiguous copy when anything changes)."""
+        if self.quarter_turns % 4:
+            image = np.rot90(image, self.quarter_turns % 4)
+        if self.mirror:
+            image = image[:, ::-1]
+        return np.ascontiguousarray(image) if (self.quarter_turns % 4 or self.mirror) else image
+
+
+UPRIGHT = Orientation()
+
+
+def orientation_from_matrix(matrix: Any) -> Orientation:
+    """The orientation a display matrix (FFmpeg's 3x3, 16.16 fixed point, row major) asks for.
+
+    Rotations by multiples of 90 degrees, mirrored or not, are applied; any other angle is rounded to
+    the nearest quarter turn (with a warning), since phone videos only use quarter turns.
+    """
+    m = [float(v) for v in matrix]
+    a, b, c, d = m[0], m[1], m[3], m[4]
+    mirror = a * d - b * c < 0
+    if mirror:  # undo the mirror (a negated first column), which is applied after the rotation
+        a, c = -a, -c
+    angle = math.degrees(math.atan2(-b, a))
+    turns = round(angle / 90.0)
+    if abs(angle - 90.0 * turns) > 1.0:
+        log.warning("display rotation of %.1f degrees rounded to %d", angle, 90 * turns)
+    return Orientation(turns % 4, mirror)
+
+
+def frame_orientation(frame: Any) -> Orientation:
+    """The orientation of a PyAV frame from its display-matrix side data (upright when it has none)."""
+    side_data = getattr(frame, "side_data", None)
+    if not side_data:
+        return UPRIGHT
+    for item in side_data:
+        if getattr(getattr(item, "type", None), "name", "") == "DISPLAYMATRIX":
+            raw = bytes(item)
+            if len(raw) >= 36:
+                return orientation_from_matrix(np.frombuffer(raw[:36], dtype="<i4"))
+    return UPRIGHT
+
+
 @dataclass
 class Frame:
-    """One decoded frame: its index in decode order, its pts in seconds, and the PyAV frame."""
+    """One decoded frame: its index in decode order, its pts in seconds, the PyAV frame, and how to turn
+    it upright (every accessor below returns the upright picture)."""
 
     index: int
     pts: float
     frame: Any
+    orientation: Orientation = UPRIGHT
+
+    @property
+    def width(self) -> int:
+        """Width of the upright picture."""
+        return int(self.frame.height if self.orientation.swaps_sides else self.frame.width)
+
+    @property
+    def height(self) -> int:
+        """Height of the upright picture."""
+        return int(self.frame.width if self.orientation.swaps_sides else self.frame.height)
 
     def rgb(self) -> np.ndarray:
-        """The full-size frame as RGB uint8 (H, W, 3)."""
-        return self.frame.to_ndarray(format="rgb24")
+        """The full-size upright frame as RGB uint8 (H, W, 3)."""
+        return self.orientation.apply(self.frame.to_ndarray(format="rgb24"))
 
     def thumbnail(self, width: int, height: int) -> np.ndarray:
-        """A small RGB copy of the frame (scaled by FFmpeg, cheaper than a full conversion)."""
-        return self.frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+        """A small upright RGB copy of the frame (scaled by FFmpeg, cheaper than a full conversion)."""
+        if self.orientation.swaps_sides:
+            width, height = height, width
+        small = self.frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+        return self.orientation.apply(small)
 
 
 def open_container(source: str, timeout: float = 10.0, options: dict[str, str] | None = None) -> Any:
@@ -110,7 +186,8 @@ def iter_frames(container: Any, first_index: int = 0) -> Iterator[Frame]:
     """Decode the first video stream frame by frame; pts in seconds (from the stream's time base).
 
     A frame without a timestamp gets the previous one plus one frame period, so timestamps always rise.
-    Decoding errors propagate (the caller decides whether the part read so far is kept).
+    Each frame carries the orientation its display matrix asks for. Decoding errors propagate (the
+    caller decides whether the part read so far is kept).
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -123,5 +200,5 @@ def iter_frames(container: Any, first_index: int = 0) -> Iterator[Frame]:
         if pts is None or (last_pts is not None and pts <= last_pts - 1e-6 and frame.pts is None):
             pts = 0.0 if last_pts is None else last_pts + period
         last_pts = pts
-        yield Frame(index=index, pts=pts, frame=frame)
+        yield Frame(index=index, pts=pts, frame=frame, orientation=frame_orientation(frame))
         index += 1

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections import deque
@@ -22,16 +23,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..config import output_hash
+from ..config import config_hash, output_hash
 from ..driver import StageSummary, VideoTask, drive, process_cached
 from ..errors import InputError
 from ..executors import Executor
 from ..imaging import encode_jpeg
 from ..layout import RunDir
-from ..schema import DETECTIONS, REMOVALS, SCHEMA_VERSION, SHOTS, VIDEOS
-from ..storage import META_CONFIG, META_TABLE, META_VERSION, ShardStore, check_schema, write_table
+from ..schema import DETECTIONS, REMOVALS, SHOTS, VIDEOS
+from ..storage import AppendingTableWriter, ShardStore, remove_stale_temporaries, write_table
 from .align import align_face, face_quality
 from .config import IngestConfig
 from .decode import Frame, is_url, iter_frames, open_container, video_info
@@ -129,42 +129,14 @@ def cached_detector(cfg: IngestConfig) -> Any:
 # Writing one shard
 
 
-class _StreamingTable:
-    """A Parquet file appended to in batches under a temporary name, renamed into place on commit."""
+class _StreamingTable(AppendingTableWriter):
+    """The detections of one shard, appended in batches (see :class:`seqbuild.storage.AppendingTableWriter`)."""
 
     def __init__(self, path: Path, schema: pa.Schema, name: str, cfg_hash: str) -> None:
-        self.path = path
-        self.schema = schema
-        self.name = name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)  # left by a killed run
-        self.tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        meta = dict(schema.metadata or {})
-        meta.update(
-            {META_TABLE: name.encode(), META_VERSION: SCHEMA_VERSION.encode(), META_CONFIG: cfg_hash.encode()}
-        )
-        self._schema = schema.with_metadata(meta)
-        self._writer = pq.ParquetWriter(self.tmp, self._schema, compression="zstd")
-        self.rows = 0
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            table = check_schema(pa.Table.from_pylist(rows, schema=self.schema), self.schema, self.name)
-            self._writer.write_table(table.replace_schema_metadata(self._schema.metadata))
-            self.rows += len(rows)
-
-    def commit(self) -> None:
-        self._writer.close()
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        # Temporaries of killed runs go; a live writer's (another command on the same run) is locked and kept.
+        if path.parent.is_dir():
+            remove_stale_temporaries(path.parent, f".{path.name}.*.tmp")
+        super().__init__(path, schema, name, cfg_hash)
 
 
 class ShardBuilder:
@@ -233,7 +205,7 @@ class ShardBuilder:
         settled (at most one per call). Only this method feeds the segmenter, so it may run in a decoding
         thread ahead of :meth:`add`."""
         if self._thumb is None:
-            self.width, self.height = int(frame.frame.width), int(frame.frame.height)
+            self.width, self.height = frame.width, frame.height
             self._thumb = thumbnail_size(self.width, self.height)
         if self.first_pts is None:
             self.first_pts = frame.pts
@@ -435,48 +407,84 @@ def ingest_source(task: VideoTask) -> dict[str, Any]:
 _END = object()
 
 
-def _scan_ahead(container: Any, builder: ShardBuilder, depth: int) -> Iterator[tuple[int, Any]]:
+class _ScanAhead:
     """Decode and scan frames in a thread, ``depth`` frames ahead of the detector.
 
     FFmpeg decoding, the thumbnails and the RGB conversions release the GIL, so they run on one core
-    while the detector works on another. Yields ``(frames scanned, detection item or None)``; an
-    error in decoding is raised here, after the frames before it.
+    while the detector works on another. Iterating yields ``(frames scanned, detection item or None)``;
+    an error in decoding is raised there, after the frames before it. The thread uses the container, so
+    it is stopped and joined however the reading ends, even when Ctrl-C lands while it is starting;
+    :attr:`stopped` says whether the container may be closed.
     """
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(value: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, container: Any, builder: ShardBuilder, depth: int) -> None:
+        self.container = container
+        self.builder = builder
+        self.out: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="ingest-decode", daemon=True)
+        self.launched = False
+
+    def _put(self, value: Any) -> bool:
+        while not self.stop.is_set():
             try:
-                out.put(value, timeout=0.1)
+                self.out.put(value, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for frame in iter_frames(container):
-                if not put((1, builder.scan(frame, frame.index))):
+            for frame in iter_frames(self.container):
+                if not self._put((1, self.builder.scan(frame, frame.index))):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
+            self._put(exc)
             return
-        put(_END)
+        self._put(_END)
 
-    thread = threading.Thread(target=produce, name="ingest-decode", daemon=True)
-    thread.start()
-    try:
+    @property
+    def stopped(self) -> bool:
+        """True when the decoding thread never ran or has ended."""
+        return not self.launched or not self.thread.is_alive()
+
+    def __enter__(self) -> Iterator[tuple[int, Any]]:
+        self.launched = True
+        try:
+            self.thread.start()
+        except RuntimeError:
+            self.launched = False  # no thread could be made
+            raise
+        except BaseException:
+            self.close()  # Ctrl-C while the thread was starting: it runs, so stop it
+            raise
+        return self._items()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _items(self) -> Iterator[tuple[int, Any]]:
         while True:
-            value = out.get()
+            value = self.out.get()
             if value is _END:
                 return
             if isinstance(value, BaseException):
                 raise value
             yield value
-    finally:
-        stop.set()
-        thread.join()
+
+    def close(self) -> None:
+        """Stop the decoding thread and wait for it (a start cut short by Ctrl-C still completes)."""
+        self.stop.set()
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            try:
+                self.thread.join(timeout=1.0)
+            except RuntimeError:  # started by the OS but not yet marked started
+                time.sleep(0.01)
+                continue
+            if not self.thread.is_alive():
+                return
 
 
 def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[str, Any]:
@@ -493,17 +501,20 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
         write_video_row(store, row, task.key)
         return _summary(row)
     builder = None
+    scan: _ScanAhead | None = None
     try:
         info = video_info(container)
         builder = ShardBuilder(task.video, source, cfg, store, task.key)
         status, error = "ok", None
         bar = _frame_bar(task, info.frames)
+        scan = _ScanAhead(container, builder, depth=2 * cfg.batch_size)
         try:
-            for n, item in _scan_ahead(container, builder, depth=2 * cfg.batch_size):
-                if item is not None:
-                    builder.add(item)
-                if bar is not None:
-                    bar.update(n)
+            with scan as frames:
+                for n, item in frames:
+                    if item is not None:
+                        builder.add(item)
+                    if bar is not None:
+                        bar.update(n)
         except (av.error.FFmpegError, OSError) as exc:
             status = "partial" if builder.frames_read else "failed"
             where = f"at frame {builder.frames_read}" + (
@@ -545,7 +556,10 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
             builder.abort()
         raise
     finally:
-        container.close()
+        # The decoding thread must be done with the container before it is freed; if a second Ctrl-C
+        # cut the wait short, the container is left to the exiting process rather than freed under it.
+        if scan is None or scan.stopped:
+            container.close()
 
 
 def _period(fps: float | None) -> float:
@@ -585,22 +599,72 @@ def ingest_hash(cfg: IngestConfig) -> str:
     return output_hash(cfg)
 
 
-def plan(run: str | Path, cfg: IngestConfig, sources: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Split sources into (to do, skipped, failed earlier): done ones with the same config are skipped;
-    ones that failed before are redone only with ``retry_failed``."""
+FINGERPRINT_BYTES = 1 << 16
+"""Bytes read from each end of a video file for its fingerprint."""
+
+
+def source_fingerprint(source: str) -> str:
+    """What identifies the contents of a video file without reading it all: its size, its modification
+    time and a hash of its first and last 64 KiB ("" for streams and files that cannot be read)."""
+    if is_url(source):
+        return ""
+    try:
+        with open(source, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return ""
+            h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:".encode())
+            h.update(fh.read(FINGERPRINT_BYTES))
+            if st.st_size > 2 * FINGERPRINT_BYTES:
+                fh.seek(st.st_size - FINGERPRINT_BYTES)
+                h.update(fh.read(FINGERPRINT_BYTES))
+    except OSError:
+        return ""
+    return h.hexdigest()[:16]
+
+
+def source_key(cfg_hash: str, source: str) -> str:
+    """The hash a source's shards are marked with: the ingest options, and for a file its fingerprint,
+    so that a file replaced at the same path is read again (and every later stage redoes it too)."""
+    fingerprint = source_fingerprint(source)
+    return config_hash({"ingest": cfg_hash, "file": fingerprint}) if fingerprint else cfg_hash
+
+
+def plan(
+    run: str | Path, cfg: IngestConfig, sources: list[str]
+) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """Split sources into (to do as (source, key), skipped, failed earlier): done ones with the same
+    config and file contents are skipped; ones that failed before are redone only with ``retry_failed``."""
     store = RunDir(run).ingest
-    key = ingest_hash(cfg)
+    cfg_hash = ingest_hash(cfg)
     todo, skipped, failed_before = [], [], []
     for source in sources:
         vid = source_id(source)
+        key = source_key(cfg_hash, source)
         marker = store.marker(vid) if store.is_done(vid, key) else None
         if marker is None:
-            todo.append(source)
+            previous = store.marker(vid).get("config_hash")
+            if previous is not None and previous != key:
+                log.warning(
+                    "%s: changed since it was ingested (size, time or contents) or ingested with other "
+                    "options: it is read again",
+                    source,
+                )
+            todo.append((source, key))
         elif marker.get("status", "ok") != "ok":
-            (todo if cfg.retry_failed else failed_before).append(source)
+            if cfg.retry_failed:
+                todo.append((source, key))
+            else:
+                failed_before.append(source)
         else:
             skipped.append(source)
     return todo, skipped, failed_before
+
+
+def check_inputs(run: str | Path, cfg: IngestConfig) -> None:
+    """InputError when ``cfg.inputs`` names no source at all (checked before a changed run is reset)."""
+    if not expand_inputs(cfg.inputs):
+        raise InputError("no inputs given (video files, folders, .txt lists or stream URLs)")
 
 
 def run_ingest(
@@ -613,7 +677,6 @@ def run_ingest(
     if not sources:
         raise InputError("no inputs given (video files, folders, .txt lists or stream URLs)")
     todo, skipped, failed_before = plan(run, cfg, sources)
-    key = ingest_hash(cfg)
     store = RunDir(run).ingest
     summary = StageSummary("ingest", videos=len(sources), skipped=len(skipped))
     for source in failed_before:
@@ -621,7 +684,9 @@ def run_ingest(
         summary.fail(source_id(source), f"{error} (failed in an earlier run; --retry-failed tries it again)")
     if skipped:
         log.info("ingest: %d source(s) already done with this config, skipped", len(skipped))
-    tasks = [VideoTask(str(run), source_id(s), key, cfg, {"source": s, "progress": progress}) for s in todo]
+    tasks = [
+        VideoTask(str(run), source_id(s), key, cfg, {"source": s, "progress": progress}) for s, key in todo
+    ]
     drive(summary, tasks, ingest_source, executor, cfg.workers, progress)
     wall = time.perf_counter() - t0
     summary.counts["wall_seconds"] = round(wall, 3)

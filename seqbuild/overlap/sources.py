@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..recordio import RecordIOError, RecordIOReader
+from ..storage import read_regular_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST = "manifest.json"
@@ -61,7 +62,7 @@ def source_kind(src: str | os.PathLike[str]) -> str:
 
 
 def _read_file(path: Path) -> Callable[[], bytes]:
-    return lambda: path.read_bytes()
+    return lambda: read_regular_file(path)
 
 
 def iter_image_folder(root: str | os.PathLike[str]) -> Iterator[GalleryItem]:
@@ -82,28 +83,37 @@ def _rec_paths(src: Path) -> tuple[Path, Path]:
     return rec, idx
 
 
+def _failing(err: str) -> Callable[[], bytes]:
+    def fail() -> bytes:
+        raise RecordIOError(err)
+
+    return fail
+
+
 def iter_recordio(src: str | os.PathLike[str]) -> Iterator[GalleryItem]:
-    """Image records of an insightface ``train.rec`` (identity = the class label as a string)."""
+    """Image records of an insightface ``train.rec`` (identity = the class label as a string).
+
+    A damaged record (bad framing, a label that is not a class number, no image bytes) is yielded as
+    an item whose ``read`` raises, so the build reports it as unreadable and carries on; so is a header
+    that does not match the index (every record is then read, and the non-image ones left out).
+    """
     rec, idx = _rec_paths(Path(src))
     reader = RecordIOReader(rec, idx)
     try:
         keys = reader.image_keys()
-    except RecordIOError:
-        keys = reader.keys()  # a damaged header record: read every record and report the bad ones
+    except RecordIOError as exc:
+        yield GalleryItem("rec:0", "?", "rec:0", read=_failing(str(exc)))
+        keys = [k for k in reader.keys() if k != 0]  # read every record and report the bad ones
     for key in keys:
         try:
             header, image = reader.read_image(key)
+            if header.flag > 0 and not image:
+                continue  # a header or identity-range record, not an image
+            label = reader.image_label(key, header, image)
         except RecordIOError as exc:
-            err = str(exc)
-
-            def fail(err: str = err) -> bytes:
-                raise RecordIOError(err)
-
-            yield GalleryItem(f"rec:{key}", "?", f"rec:{key}", read=fail)
+            yield GalleryItem(f"rec:{key}", "?", f"rec:{key}", read=_failing(str(exc)))
             continue
-        if header.flag > 0 and not image:
-            continue  # a header or identity-range record, not an image
-        yield GalleryItem(f"rec:{key}", str(header.class_label), f"rec:{key}", read=lambda image=image: image)
+        yield GalleryItem(f"rec:{key}", str(label), f"rec:{key}", read=lambda image=image: image)
 
 
 def iter_features_npy(

@@ -37,13 +37,13 @@ from ..layout import RunDir
 from ..reasons import removal_rows
 from ..runstate import recorded_config
 from ..schema import ASSIGNMENTS, DETECTIONS, FACES, MATCHES, REMOVALS, SEQUENCES
-from ..storage import ShardStore, read_table, read_tables, write_table
+from ..storage import ShardStore, read_table, read_tables, safe_name, write_table
 from .calibrate import calibrate_run, gallery_scorer, load_calibration
 from .config import OverlapConfig
 from .decide import Calibration, GalleryScorer
 from .decisions import check_known, decisions_hash, read_decisions
 from .gallery import Gallery, build_gallery, is_gallery, load_gallery, same_model
-from .search import normalise
+from .search import load_index, normalise
 from .sources import source_fingerprint
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def resolve_galleries(
                     **_build_keys(cfg),
                 }
             )
-            cache = run.root / STAGE / "_galleries" / f"{gname}-{key}"
+            cache = run.root / STAGE / "_galleries" / safe_name(f"{gname}-{key}", "gallery name")
             if not is_gallery(cache):
                 log.info("building gallery %s from %s into %s", gname, src, cache)
                 crop = recorded_config(run, "ingest").get("crop_size")
@@ -152,6 +152,9 @@ def resolve_galleries(
                 f" {model!r}; rebuild it with the run's embedder (`seqbuild gallery build SOURCE --out GALLERY"
                 f" --model {model_name(model)} --weights WEIGHTS`) or pass its source folder as --gallery"
             )
+        # A damaged index is one error for the command, not the same failure for every video.
+        if (gallery.path / "index.faiss").exists():
+            load_index(gallery.path / "index.faiss")
         loaded.append(gallery)
     names = [g.name for g in loaded]
     if len(set(names)) != len(names):
@@ -534,11 +537,22 @@ def write_dataset_shard(run: RunDir, shard: str, config_hash: str = "") -> dict[
     seqs = read_table(run.dedup_overlap.table_path("sequences", shard), SEQUENCES)
     removal_paths = [p for stage in STAGES if (p := run.stage(stage).table_path("removals", shard)).exists()]
     removals = read_tables(removal_paths, REMOVALS)
-    root = run.dataset
-    write_table(root / "faces" / f"{shard}.parquet", faces, FACES, "faces", config_hash)
-    write_table(root / "sequences" / f"{shard}.parquet", seqs, SEQUENCES, "sequences", config_hash)
-    write_table(root / "removals" / f"{shard}.parquet", removals, REMOVALS, "removals", config_hash)
+    store = run.dedup_overlap
+    write_table(store.linked_path("dataset", "faces", shard), faces, FACES, "faces", config_hash)
+    write_table(store.linked_path("dataset", "sequences", shard), seqs, SEQUENCES, "sequences", config_hash)
+    write_table(store.linked_path("dataset", "removals", shard), removals, REMOVALS, "removals", config_hash)
     return {"faces": faces.num_rows, "sequences": seqs.num_rows, "removals": removals.num_rows}
+
+
+def check_inputs(run: str | Path, cfg: OverlapConfig) -> None:
+    """Load (or build) every gallery, checking its index; InputError or ConfigError naming the one that
+    cannot be used (run before a changed run's dataset is reset)."""
+    rd = RunDir(run)
+    rd.require(cfg.input_stage, STAGE)
+    rd.require("embed", STAGE)
+    if cfg.decisions:
+        read_decisions(cfg.decisions, cfg.decided_by)
+    resolve_galleries(rd, cfg, run_embedder_name(rd), progress=False)
 
 
 def run_dedup_overlap(

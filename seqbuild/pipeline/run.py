@@ -6,12 +6,15 @@ Both go through :func:`run_stage`, so a stage behaves the same whichever command
 - it records in ``RUN/_pipeline/<stage>.json`` the hash of the stage's output options chained with the
   record of the stage before it, the options it ran with, and whether it finished without failures;
 - when that chained hash differs from the recorded one (its options or an earlier stage's changed), it
-  logs which options changed and makes every video of the stage incomplete (markers first, so a crash in
-  between leaves shards incomplete rather than stale) before running it again;
+  runs the stage's input check (a broken gallery, no sources: refused with nothing lost), logs which
+  options changed and makes every video of the stage incomplete (markers first, so a crash in between
+  leaves shards incomplete rather than stale) before running it again;
 - it merges the stage's section into ``RUN/config.toml``, the run's memory.
 
-``seqbuild run`` also skips a stage outright when its record is complete for the same chained hash and
-every video of the stage before it is done; each stage skips its own completed videos in any case.
+``seqbuild run`` also skips a stage outright when its record is complete for the same chained hash, every
+video of the stage before it is done, and every output still matches the checksum in its marker; each
+stage skips its own completed videos in any case. Before a stage runs, temporary files that interrupted
+commands left in its folder are removed (under the lock, and only those whose writer is gone).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ..layout import RunDir
 from ..memory import release_free_memory
 from ..runstate import read_state, stage_lock, write_state
 from ..stages import CHAIN, SPECS, StageSpec, stage_names, stage_spec
+from ..storage import ensure_folder, remove_stale_temporaries
 from .loading import Pipeline, save_config
 
 log = logging.getLogger(__name__)
@@ -115,6 +119,13 @@ def _upstream_done(run: RunDir, spec: StageSpec) -> set[str]:
     return set(run.stage(CHAIN[i - 1]).done_shards()) if i else set()
 
 
+def _whole_shards(run: RunDir, stage: str) -> set[str]:
+    """The stage's done shards whose outputs still match the checksums in their markers (a damaged one is
+    left out with a warning, so the stage runs and redoes it instead of the next stage failing on it)."""
+    store = run.stage(stage)
+    return {s for s in store.done_shards() if store.is_done(s, store.marker(s).get("config_hash"))}
+
+
 def run_stage(
     run: str | Path,
     name: str,
@@ -128,13 +139,19 @@ def run_stage(
     """Run one stage of ``run`` with its section of ``pipeline`` (see the module docstring)."""
     spec = stage_spec(name)
     rd = RunDir(run)
-    rd.root.mkdir(parents=True, exist_ok=True)
+    ensure_folder(rd.root, "run folder")
     cfg = pipeline[spec.name]
     with stage_lock(rd.root, spec.name, wait=wait):
+        if spec.per_video and (rd.root / spec.name).is_dir():
+            # Under the lock no other command writes this stage: what a killed run left half-written goes.
+            stale = remove_stale_temporaries(rd.root / spec.name)
+            if stale:
+                log.info("%s: removed %d temporary file(s) left by an interrupted run", spec.name, stale)
         chain = chained_hash(_previous_chain(rd, spec), spec, cfg)
         options = output_values(cfg)
         state = read_state(rd.root, spec.name)
         if state is not None and state.get("chain") != chain:
+            spec.check_inputs(rd.root, cfg)  # a bad input is refused before the old outputs are dropped
             diff = changed_keys(state.get("config", {}), options)
             why = f"options changed ({'; '.join(diff)})" if diff else "an earlier stage's options changed"
             if spec.per_video:
@@ -149,7 +166,7 @@ def run_stage(
             inputs_same = spec.name != "ingest" or (
                 state.get("inputs") == list(cfg.inputs) and inputs_are_fixed(cfg.inputs)
             )
-            if inputs_same and _upstream_done(rd, spec) <= set(rd.stage(spec.name).done_shards()):
+            if inputs_same and _upstream_done(rd, spec) <= _whole_shards(rd, spec.name):
                 log.info("%s: complete for these options, skipped", spec.name)
                 return StageResult(spec.name, "skipped", summary=state.get("summary", {}))
 
@@ -197,7 +214,7 @@ def run_pipeline(
 ) -> list[StageResult]:
     """Run the stages of ``pipeline['run'].stages`` in order on ``run``; returns what happened to each."""
     rd = RunDir(run)
-    rd.root.mkdir(parents=True, exist_ok=True)
+    ensure_folder(rd.root, "run folder")
     runcfg = pipeline["run"]
     executor_name = executor or runcfg.executor
     address = runcfg.ray_address if ray_address is None else ray_address

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from ..errors import CorruptTableError, InputError
 from ..imaging import decode_jpeg
 from ..layout import STAGES, RunDir
-from ..storage import read_table, write_bytes_atomic
+from ..storage import UnsafeNameError, data_file, ensure_folder, read_table, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +606,7 @@ def write_report(run: str | Path, out: str | Path | None = None, seed: int = 0) 
     if not rd.ingest.done_shards():
         raise InputError(f"{run}: no completed ingest output to report on")
     page = Path(out) if out else rd.root / "report" / "index.html"
-    folder = page.parent
+    folder = ensure_folder(page.parent, "report folder")
     counts = collect_counts(rd)
     removals = read_removals(rd)
     stage = final_stage(rd)
@@ -616,7 +616,13 @@ def write_report(run: str | Path, out: str | Path | None = None, seed: int = 0) 
     for name, data in plots.items():
         write_bytes_atomic(folder / f"{name}.png", data)
     for key, (_, data) in sheets.items():
-        write_bytes_atomic(folder / f"sheet_{key}.png", data)
+        try:
+            sheet_path = data_file(folder, f"sheet_{key}", ".png", "contact sheet of removal reason")
+        except UnsafeNameError as exc:
+            # A reason read from the run's tables: the sheet stays in the page, no file is made from it.
+            log.warning("%s; the sheet is only shown in the page", exc)
+            continue
+        write_bytes_atomic(sheet_path, data)
 
     warnings, decision_rows, size_rows = identity_decisions(rd)
     review = review_sheet(rd)

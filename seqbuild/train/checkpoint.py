@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..storage import atomic_path
+from ..storage import atomic_path, load_torch_weights
 from .backbones import create_backbone
 
 FORMAT = "seqbuild-seqface-1"
@@ -26,14 +26,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; InputError naming the file when it is unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged or foreign files
-        raise InputError(
-            f"{path}: not a readable seqbuild checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
+    state = load_torch_weights(path, map_location, what="checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not a seqbuild SeqFace checkpoint")
     return state

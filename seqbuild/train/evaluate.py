@@ -193,12 +193,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        """Refuse every global except the numpy array reconstructors."""
+        """Refuse every global except the numpy array reconstructors (and ``bytes()`` for an empty image)."""
+        if module in ("__builtin__", "builtins") and name == "bytes":
+            return _empty_bytes
         if (module, name) in self._ALLOWED:
             import importlib
 
             return getattr(importlib.import_module(module), name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a verification .bin")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    # Protocol-2 pickles store b"" as a call of bytes() without arguments; with an argument bytes() could
+    # allocate any size, so only the empty call is accepted.
+    if args:
+        raise pickle.UnpicklingError("bytes() with arguments is not allowed in a verification .bin")
+    return b""
 
 
 def _check_bin_contents(obj: Any, path: Path) -> tuple[list[bytes], np.ndarray]:
@@ -244,8 +254,8 @@ def evaluate_bin(
     for i, b in enumerate(bins):
         try:
             crops.append(decode_jpeg(bytes(b)))
-        except ValueError:
-            raise InputError(f"{path}: image {i} is not decodable") from None
+        except ValueError as exc:
+            raise InputError(f"{path}: image {i} is not decodable ({exc})") from None
     feats = embed_crops(model, crops, device, flip=flip, **_sizes(model))
     scores = np.sum(feats[0::2] * feats[1::2], axis=1)
     return verification_report(scores, issame)

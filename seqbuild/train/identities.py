@@ -19,13 +19,15 @@ import pyarrow as pa
 from ..errors import InputError
 from ..imaging import decode_jpeg, encode_jpeg, read_image
 from ..schema import IDENTITY_IMAGES
-from ..storage import write_json_atomic, write_table
+from ..storage import ensure_folder, unsafe_name_reason, write_json_atomic, write_table
 from .config import ImportConfig
 from .data import IDENTITY_TABLE
 
 log = logging.getLogger("seqbuild.train")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+REFUSED = ("bad_identity", "damaged")
+"""Reasons of ``skipped.json`` that mean the source itself is damaged or unsafe (the command fails)."""
 PART_ROWS = 50_000
 
 
@@ -56,10 +58,26 @@ def _largest_face(faces: list) -> Any:
 
 
 def import_folder(src: Path, out: Path, cfg: ImportConfig, progress: bool = True) -> dict[str, int]:
-    """Import ``src/<identity>/<image>``; unaligned photos keep their largest detected face, aligned."""
-    identities = sorted(p for p in src.iterdir() if p.is_dir())
+    """Import ``src/<identity>/<image>``; unaligned photos keep their largest detected face, aligned.
+
+    A folder whose name is not usable as an identity (``..evil``, control characters) is refused and
+    listed with the reason ``bad_identity``; files that are not regular files (named pipes, devices)
+    are listed as ``not_a_file`` and never opened.
+    """
+    folders = sorted(p for p in src.iterdir() if p.is_dir())
+    refused = []
+    identities = []
+    for folder in folders:
+        why = unsafe_name_reason(folder.name)
+        if why:
+            detail = f"{folder}: not usable as an identity name ({why})"
+            refused.append(
+                {"source": str(folder), "identity": folder.name, "reason": "bad_identity", "detail": detail}
+            )
+        else:
+            identities.append(folder)
     if not identities:
-        raise InputError(f"{src}: no identity sub-folders")
+        raise InputError(f"{src}: no identity sub-folders" + (" with a usable name" if refused else ""))
     size = cfg.size
     detector = None
     if not cfg.aligned:
@@ -73,13 +91,18 @@ def import_folder(src: Path, out: Path, cfg: ImportConfig, progress: bool = True
             threshold=cfg.threshold,
             max_side=cfg.max_side,
         )
-    writer, skipped = _PartWriter(out), []
-    files = [
-        (label, ident.name, f)
-        for label, ident in enumerate(identities)
-        for f in sorted(ident.iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    writer, skipped = _PartWriter(out), list(refused)
+    files = []
+    for label, ident in enumerate(identities):
+        for f in sorted(ident.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if f.is_file():
+                files.append((label, ident.name, f))
+            else:
+                skipped.append(
+                    {"source": str(f), "identity": ident.name, "reason": "not_a_file", "detail": ""}
+                )
     iterator = files
     if progress:
         from tqdm import tqdm
@@ -118,17 +141,27 @@ def import_folder(src: Path, out: Path, cfg: ImportConfig, progress: bool = True
     writer.flush()
     write_json_atomic(out / "skipped.json", skipped)
     for s in skipped:
-        log.warning("%s: skipped (%s)", s["source"], s["reason"])
-    return {"identities": len(identities), "images": writer.count, "skipped": len(skipped)}
+        log.warning("%s: skipped (%s%s)", s["source"], s["reason"], f": {s['detail']}" if s["detail"] else "")
+    return {
+        "identities": len(identities),
+        "images": writer.count,
+        "skipped": len(skipped),
+        "refused": len(refused),
+    }
 
 
 def import_recordio(rec: Path, out: Path, size: int = 144, progress: bool = True) -> dict[str, int]:
-    """Import an insightface train.rec/.idx (aligned crops, resized to ``size``)."""
+    """Import an insightface train.rec/.idx (aligned crops, resized to ``size``).
+
+    A damaged record (bad framing, a label that is not a class number, no image) is refused: listed in
+    ``skipped.json`` with the reason ``damaged`` and counted as ``refused``; the other records are
+    imported. A header that does not match the index is a RecordIOError: nothing is imported.
+    """
     import cv2
 
-    from ..recordio import RecordIOReader
+    from ..recordio import RecordIOError, RecordIOReader
 
-    writer, skipped, labels = _PartWriter(out), [], set()
+    writer, skipped, labels, refused = _PartWriter(out), [], set(), 0
     with RecordIOReader(rec) as reader:
         keys = reader.image_keys()
         iterator = keys
@@ -137,16 +170,24 @@ def import_recordio(rec: Path, out: Path, size: int = 144, progress: bool = True
 
             iterator = tqdm(keys, desc="import", unit="img")
         for key in iterator:
-            header, data = reader.read_image(key)
+            try:
+                label, data = reader.read_labelled_image(key)
+            except RecordIOError as exc:
+                skipped.append(
+                    {"source": f"rec:{key}", "identity": "", "reason": "damaged", "detail": str(exc)}
+                )
+                log.warning("%s", exc)
+                refused += 1
+                continue
             try:
                 rgb = decode_jpeg(data)
-            except ValueError:
+            except ValueError as exc:
                 skipped.append(
                     {
                         "source": f"rec:{key}",
-                        "identity": str(header.class_label),
+                        "identity": str(label),
                         "reason": "unreadable",
-                        "detail": "undecodable image bytes",
+                        "detail": str(exc),
                     }
                 )
                 continue
@@ -155,7 +196,6 @@ def import_recordio(rec: Path, out: Path, size: int = 144, progress: bool = True
                 if rgb.shape[:2] == (size, size)
                 else cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
             )
-            label = header.class_label
             labels.add(label)
             writer.add(
                 {
@@ -168,7 +208,7 @@ def import_recordio(rec: Path, out: Path, size: int = 144, progress: bool = True
             )
     writer.flush()
     write_json_atomic(out / "skipped.json", skipped)
-    return {"identities": len(labels), "images": writer.count, "skipped": len(skipped)}
+    return {"identities": len(labels), "images": writer.count, "skipped": len(skipped), "refused": refused}
 
 
 def import_identities(
@@ -177,6 +217,9 @@ def import_identities(
     """Import an identity set from an image folder or a ``.rec`` file (its ``.idx`` beside it)."""
     cfg = cfg or ImportConfig()
     src, out = Path(src), Path(out)
+    if not src.exists():
+        raise InputError(f"{src}: not found")
+    ensure_folder(out, "identity dataset folder")
     if src.is_file() and src.suffix == ".rec":
         return import_recordio(src, out, cfg.size, progress)
     if src.is_dir() and (src / "train.rec").is_file():

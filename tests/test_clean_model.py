@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_clean import DIM, faces_of, person, write_video
+from test_clean import DIM, write_video
 
 from seqbuild.clean.config import CleanConfig
 from seqbuild.clean.model import DERIVED_FAR, derive_thresholds, run_model, thresholds_for_model
@@ -15,12 +15,27 @@ from seqbuild.layout import RunDir
 from seqbuild.schema import embeddings_schema
 from seqbuild.storage import read_table, write_table
 
+RNG = np.random.default_rng(11)  # its own: test_clean's module generator must not be advanced from here
+
+
+def person() -> np.ndarray:
+    v = RNG.normal(size=DIM)
+    return v / np.linalg.norm(v)
+
+
+def faces_of(base: np.ndarray, n: int, spread: float = 0.5) -> np.ndarray:
+    noise = RNG.normal(size=(n, DIM))
+    noise = spread * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    v = base + noise
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
 
 def _relabel(run: RunDir, video: str, model: str) -> None:
     path = run.embed.table_path("embeddings", video)
     table = read_table(path)
     table = table.set_column(2, "model", pa.array([model] * table.num_rows, pa.string()))
     write_table(path, table, embeddings_schema(DIM), "e")
+    run.embed.mark_done(video, "e")  # the marker records what the shard's files hold
 
 
 def _run(tmp_path, people=12, model="onnx@abc/rgb-127.5-112/arcface112"):

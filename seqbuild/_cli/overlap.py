@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..overlap.search import INDEX_KINDS
 from .common import (
     config_options,
     flags_layer,
@@ -27,7 +28,7 @@ from .common import (
 @click.option(
     "--threshold", "thresholds", type=float, multiple=True, help="Cosine threshold per gallery, in order."
 )
-@click.option("--index", type=click.Choice(["flat", "ivf"]), default=None, help="FAISS index kind.")
+@click.option("--index", type=click.Choice(INDEX_KINDS), default=None, help="FAISS index kind.")
 @click.option(
     "--per-face", is_flag=True, default=None, help="Also search every face, not only sequence centres."
 )
@@ -66,7 +67,7 @@ def gallery() -> None:
 @click.option("--weights", default=None, help="Embedder weights file.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--detector", default=None, help="Face detector for the photos.")
-@click.option("--index", type=click.Choice(["flat", "ivf"]), default=None, help="FAISS index kind.")
+@click.option("--index", type=click.Choice(INDEX_KINDS), default=None, help="FAISS index kind.")
 @click.option(
     "--dominant-ratio",
     type=float,

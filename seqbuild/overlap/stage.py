@@ -182,6 +182,33 @@ class Match:
     threshold: float
 
 
+@dataclass
+class GalleryScores:
+    """Every query's best identity in one gallery: its row in ``gallery.identities`` (-1: none) and score."""
+
+    gallery: Gallery
+    threshold: float
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def identity(self, i: int) -> str | None:
+        """The best identity of query ``i`` (None when the gallery is empty)."""
+        j = int(self.ids[i])
+        return self.gallery.identities[j] if j >= 0 else None
+
+
+def gallery_scores(
+    vectors: np.ndarray, galleries: list[tuple[Gallery, float]], kind: str, nprobe: int
+) -> list[GalleryScores]:
+    """Per gallery: each query vector's best identity and score, whatever the threshold (k=1 search
+    through the gallery's index of ``kind``, chosen by size for ``auto``)."""
+    out = []
+    for gallery, threshold in galleries:
+        scores, ids = search(gallery.index(kind, nprobe), vectors, k=1)
+        out.append(GalleryScores(gallery, threshold, ids[:, 0], scores[:, 0]))
+    return out
+
+
 def best_matches(
     vectors: np.ndarray, galleries: list[tuple[Gallery, float]], kind: str, nprobe: int
 ) -> list[Match | None]:
@@ -189,14 +216,13 @@ def best_matches(
     out: list[Match | None] = [None] * len(vectors)
     if len(vectors) == 0:
         return out
-    for gallery, threshold in galleries:
-        scores, ids = search(gallery.index(kind, nprobe), vectors, k=1)
+    for g in gallery_scores(vectors, galleries, kind, nprobe):
         for i in range(len(vectors)):
-            s, j = float(scores[i, 0]), int(ids[i, 0])
-            if j < 0 or s < threshold:
+            s, j = float(g.scores[i]), int(g.ids[i])
+            if j < 0 or s < g.threshold:
                 continue
             if out[i] is None or s > out[i].score:
-                out[i] = Match(gallery.name, gallery.identities[j], s, threshold)
+                out[i] = Match(g.gallery.name, g.gallery.identities[j], s, g.threshold)
     return out
 
 

@@ -37,7 +37,6 @@ GPU; the training and the confirmation stay on the CPU.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -53,9 +52,10 @@ from .config import CleanConfig
 
 log = logging.getLogger(__name__)
 
-CODE_MARGIN = 0.01
+CODE_MARGIN = 0.02
 """Candidates of the IVF search are taken this far below ``rerun_threshold`` and re-scored exactly:
-8-bit residual codes put a unit-vector inner product within about 1e-3 of its exact value."""
+with 8-bit residual codes a 512-d inner product was at most 0.009 off its exact value in
+benchmarks/bench_global.py (the search report records the largest error it met)."""
 
 QUERY_BATCH = 8192
 """Centres searched per FAISS call in the IVF search (several videos at a time)."""
@@ -197,6 +197,8 @@ class SearchReport:
     slices: int = 0
     video_reads: int = 0
     cache_hits: int = 0
+    code_error_max: float = 0.0
+    """Largest difference between a candidate's similarity from the 8-bit codes and its exact value."""
     seconds: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -223,8 +225,9 @@ def search_method(cfg: CleanConfig, n: int) -> str:
 
 
 def rerun_nlist(n: int) -> int:
-    """IVF cells for ``n`` centres: about 2 sqrt(n) (cells of ~500 at a million), >= 39 points per cell."""
-    return int(max(1, min(round(2 * math.sqrt(n)), n // vsearch.MIN_TRAIN_PER_CELL)))
+    """IVF cells for ``n`` centres: about 2 sqrt(n) (cells of ~500 at a million: reruns are near
+    duplicates, found in the first cells probed, so coarser cells than a gallery's train faster)."""
+    return vsearch.ivf_nlist(n, 2.0)
 
 
 # ---------------------------------------------------------------- candidate search
@@ -501,6 +504,9 @@ def search_reruns(
     rescore = report.method != "exact"
     shares, exact = confirm_pairs(seqs, pairs_i, pairs_j, faces, cfg, rescore, report)
     if rescore:
+        seen = ~np.isnan(exact)
+        if seen.any():
+            report.code_error_max = float(np.abs(exact[seen] - pair_sims[seen]).max())
         pair_sims = exact
     report.confirmed = int((shares >= cfg.rerun_min_share).sum())
     report.seconds["confirm"] = time.perf_counter() - t0

@@ -490,7 +490,7 @@ class Gallery:
 
     def index(self, kind: str = "auto", nprobe: int = 32) -> Any:
         """A FAISS index of the centres (the saved one when of the asked kind), on GPU when available."""
-        from .search import build_index, index_kind, set_nprobe, to_search_device
+        from .search import build_index, build_index_blocks, index_kind, set_nprobe, to_search_device
 
         kind = self.index_kind(kind)
         key = (kind, nprobe)
@@ -502,11 +502,17 @@ class Gallery:
                 if saved.ntotal == len(self.identities) and index_kind(saved) == kind:
                     index = saved
                 del saved
-            if index is None:
-                had_centres = self._centres is not None
-                index = build_index(self.centres, kind=kind, nprobe=nprobe)
-                if not had_centres:
-                    self._centres = None  # searching needs the index only
+            if index is None and self._centres is not None:
+                index = build_index(self._centres, kind=kind, nprobe=nprobe)
+            elif index is None:
+                # Searching needs the index only: the centres stream from the file into it.
+                index = build_index_blocks(
+                    lambda: iter_centres(self.path, self.dim),
+                    len(self.identities),
+                    self.dim,
+                    kind=kind,
+                    nprobe=nprobe,
+                )
             set_nprobe(index, nprobe)
             self._indexes[key] = to_search_device(index)
         return self._indexes[key]

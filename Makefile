@@ -10,7 +10,7 @@ MEDIA ?= ../shared/media
 GALLERY ?= $(MEDIA)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e clean-venv
+.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e bench-global bench-ray clean-venv
 
 setup: $(STAMP)
 
@@ -53,7 +53,7 @@ train-demo: demo
 	$(VENV)/bin/seqbuild train --config pipelines/train-demo.toml --identities runs/demo-identities \
 		--sequences $(RUN)/dataset --out runs/train-demo
 
-bench: bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e
+bench: bench-ingest bench-track bench-embed bench-overlap bench-train bench-e2e bench-global bench-ray
 
 bench-ingest: setup
 	$(PY) -m benchmarks.bench_ingest
@@ -72,6 +72,14 @@ bench-train: setup
 
 bench-e2e: setup
 	$(PY) -m benchmarks.bench_e2e
+
+# Clean's rerun search and dedup-overlap's gallery search on a synthetic 1M-sequence corpus (~5 GB in /tmp).
+bench-global: setup
+	$(PY) -m benchmarks.bench_global
+
+# seqbuild run on a local Ray cluster (2 CPUs) against the local executor, on four real videos.
+bench-ray: setup
+	$(PY) -m benchmarks.bench_ray
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,10 +7,11 @@ an index, so any part can be regenerated on its own):
 - 1,000 appearance groups (random unit vectors); 100,000 people, each ``unit(0.5 group + 0.87 own)``
   (people of one group at cosine ~0.25, of two groups ~0); 2,000 of them are regulars (anchors) who
   appear in half of the original sequences (~250 sequences each), the other 98,000 share the other half.
-- A sequence of person p: a shot direction ``unit(p + a w)`` (``a`` uniform in 0.15..0.6: studio shots of
-  one person are close, so many centres of one person are above the rerun threshold and only the face
-  check tells them apart), and 5 + Poisson(8) faces ``unit(shot + 0.3 z)`` (faces of one sequence at
-  cosine ~0.92, as consecutive faces of a talking person).
+- A sequence of person p: a shot direction ``unit(p + a w)`` (``a`` uniform in 0.3..0.8: cosine 0.78 to
+  0.96 to the person; two shots of one person at 0.61 to 0.92, so studio shots of a regular can be
+  above the rerun threshold 0.9 and only the face check tells them apart), and 5 + Poisson(8) faces
+  ``unit(shot + 0.3 z)`` (faces of one sequence at cosine ~0.92, as consecutive faces of a talking
+  person).
 - Reruns: 4% of the sequences are copies of an earlier one (70% from an earlier video, 30% earlier in
   the same video; a copy of a copy makes a chain; 40% are excerpts, a contiguous two thirds of the faces);
   a copied face is ``unit(original + 0.004 n)`` per dimension (cosine ~0.996, a re-encoded picture).
@@ -125,7 +126,7 @@ class Corpus:
         person = np.where(regular, rng.integers(0, REGULARS, n), rng.integers(REGULARS, PEOPLE, n)).astype(
             np.int32
         )
-        spread = rng.uniform(0.15, 0.6, n).astype(np.float32)
+        spread = rng.uniform(0.3, 0.8, n).astype(np.float32)
         n_faces = np.minimum(5 + rng.poisson(8, n), 40).astype(np.int16)
         copy_of = np.full(n, -1, np.int32)
         start = np.zeros(n, np.int16)
@@ -349,7 +350,8 @@ def step_reruns(out: Path, corpus: Corpus, videos: int, method: str, memory_mb: 
     faces = SyntheticFaces(corpus)
     report = SearchReport()
     t0 = time.perf_counter()
-    rows = search_reruns(RunCentres(RunDir(out / "run"), corpus.videos[:videos]), faces, cfg, report)
+    source = RunCentres(RunDir(out / "run"), corpus.videos[:videos])
+    rows = search_reruns(source, faces, cfg, report, scratch_dir=out)
     seconds = time.perf_counter() - t0
     n = min(corpus.n, videos * PER_VIDEO)
     planted = {i for i in range(n) if corpus.copy_of[i] >= 0}
@@ -366,7 +368,11 @@ def step_reruns(out: Path, corpus: Corpus, videos: int, method: str, memory_mb: 
         "slices": report.slices,
         "candidate_pairs": report.candidates,
         "pairs_checked": report.pairs_checked,
+        "candidate_sequences": report.candidate_sequences,
         "video_reads": report.video_reads,
+        "faces_in_memory": report.faces_in_memory,
+        "scratch_reads": report.scratch_reads,
+        "cache_hits": report.cache_hits,
         "code_error_max": report.code_error_max,
         "sequences_read": faces.sequences_read,
         "planted_copies": len(planted),

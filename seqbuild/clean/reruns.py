@@ -19,24 +19,27 @@ almost exactly. The search never holds every face of the run, only what a settin
      query probes the same cells as in one index: the result does not depend on the memory setting.
 
 2. **Confirmation.** A candidate pair is a rerun when ``rerun_min_share`` of the shorter sequence's
-   faces have a face above ``rerun_face_threshold`` in the other. Faces are read per video and only for
-   sequences in some candidate pair, through an LRU cache of a quarter of ``rerun_memory_mb``; pairs
-   are processed grouped by video pair, so while the faces of the candidates fit in the cache each video
-   is read once.
+   faces have a face above ``rerun_face_threshold`` in the other. The faces of the candidate sequences
+   are gathered in one pass over the videos, each video read once and only for its candidate sequences
+   (:class:`FaceStore`): in memory when they fit in a quarter of ``rerun_memory_mb``, else in a scratch
+   file read back by offset through an LRU cache of that size. Pairs are then checked in row order.
 
 3. **Groups.** Confirmed pairs are joined (union-find) in the order an exact search lists them, and each
    group keeps its first airing (the earliest sequence of the first video in id order: within a video,
    the original before its reruns); the others are returned as rerun rows with the best evidence each.
 
-Memory: the index (or one slice of it) and the face cache are bounded by ``rerun_memory_mb``; on top,
-about 150 bytes per sequence of bookkeeping (ids, first frames, the neighbour lists) that grow with the
-run. GPU: with faiss-gpu and a GPU (``faiss.get_num_gpus() > 0``), the filled index is searched on the
+Memory: the index (or one slice of it) and the faces held are bounded by ``rerun_memory_mb``; on top,
+about 150 bytes per sequence of bookkeeping (ids, first frames, the neighbour lists) and 40 per candidate
+pair grow with the run. Disk: the scratch file holds the candidates' faces (at most the run's own
+embeddings), next to the run. GPU: with faiss-gpu and a GPU (``faiss.get_num_gpus() > 0``), the filled index is searched on the
 GPU; the training and the confirmation stay on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -144,6 +147,7 @@ class Sequences:
     offsets: np.ndarray
     ids: list[pa.Array]
     first_frame: np.ndarray
+    n_faces: np.ndarray
     dim: int
 
     @property
@@ -167,12 +171,13 @@ class Sequences:
 
 def read_sequences(source: CentreSource) -> Sequences:
     """The ids and first frames of every sequence, block by block (the centres are not read)."""
-    ids, firsts, video_ids, counts = [], [], [], []
+    ids, firsts, sizes, video_ids, counts = [], [], [], [], []
     dim = 0
     for b, video in enumerate(source.videos):
-        table = source.read(b, ["seq_id", "video_id", "first_frame"])
+        table = source.read(b, ["seq_id", "video_id", "first_frame", "n_faces"])
         ids.append(table.column("seq_id").combine_chunks())
         firsts.append(np.asarray(table.column("first_frame").to_numpy(), np.int64))
+        sizes.append(np.asarray(table.column("n_faces").to_numpy(), np.int32))
         video_ids.append(str(table.column("video_id")[0].as_py()) if table.num_rows else video)
         counts.append(table.num_rows)
         if not dim and table.num_rows:
@@ -180,7 +185,8 @@ def read_sequences(source: CentreSource) -> Sequences:
     offsets = np.zeros(len(counts) + 1, np.int64)
     offsets[1:] = np.cumsum(counts)
     first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
-    return Sequences(list(source.videos), video_ids, offsets, ids, first, dim)
+    n_faces = np.concatenate(sizes) if sizes else np.zeros(0, np.int32)
+    return Sequences(list(source.videos), video_ids, offsets, ids, first, n_faces, dim)
 
 
 @dataclass
@@ -195,7 +201,10 @@ class SearchReport:
     nlist: int = 0
     nprobe: int = 0
     slices: int = 0
+    candidate_sequences: int = 0
     video_reads: int = 0
+    faces_in_memory: bool = True
+    scratch_reads: int = 0
     cache_hits: int = 0
     code_error_max: float = 0.0
     """Largest difference between a candidate's similarity from the 8-bit codes and its exact value."""
@@ -210,7 +219,8 @@ class SearchReport:
         return (
             f"reruns: {self.method}{ivf} over {self.sequences} sequences, {self.candidates} candidate pairs,"
             f" {self.pairs_checked} checked face by face, {self.confirmed} confirmed;"
-            f" {self.video_reads} video reads ({self.cache_hits} cache hits); {times}"
+            f" faces of {self.candidate_sequences} sequences from {self.video_reads} video reads"
+            f" ({'in memory' if self.faces_in_memory else f'scratch file, {self.scratch_reads} reads'}); {times}"
         )
 
 
@@ -344,35 +354,83 @@ def ivf_neighbours(
 # ---------------------------------------------------------------- face-level confirmation
 
 
-class FaceCache:
-    """Faces of the candidate sequences of each video, read on demand; least recently used dropped first
-    once more than ``budget`` bytes are held (but never the two videos of the pair in hand)."""
+class FaceStore:
+    """The faces and centres of the candidate sequences, gathered in one pass over the videos (each video
+    read once, only for its candidate sequences).
+
+    They are held in memory when they fit in ``budget`` bytes; otherwise they go to a scratch file in
+    ``scratch_dir``, one record per sequence, and are read back by offset through an LRU cache of
+    ``budget`` bytes. (Reading videos on demand instead, pair by pair, reads a video once per video pair
+    with candidates: a person seen every day puts candidates in nearly every pair of videos.)
+    """
 
     def __init__(
-        self, source: FaceSource, videos: list[str], needed: dict[int, list[str]], budget: int
+        self,
+        seqs: Sequences,
+        rows: np.ndarray,
+        n_faces: np.ndarray,
+        faces: FaceSource,
+        budget: int,
+        scratch_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.source, self.videos, self.needed, self.budget = source, videos, needed, budget
-        self.held: OrderedDict[int, dict[str, SequenceFaces]] = OrderedDict()
-        self.sizes: dict[int, int] = {}
+        self.dim, self.budget = seqs.dim, budget
+        self.held: OrderedDict[int, SequenceFaces] = OrderedDict()
         self.bytes = self.reads = self.hits = 0
+        self.in_memory = int((n_faces.astype(np.int64) + 1).sum()) * 4 * seqs.dim <= budget
+        self.offsets: dict[int, tuple[int, int]] = {}
+        self.scratch = None
+        self.video_reads = 0
+        if not self.in_memory:
+            self.scratch = tempfile.TemporaryFile(prefix="seqbuild-reruns-", dir=scratch_dir)
+        blocks = seqs.block_of(rows)
+        position = 0
+        for b in np.unique(blocks):
+            mine = rows[blocks == b]
+            names = {seqs.seq_id(int(r)): int(r) for r in mine}
+            got = faces.read(seqs.videos[int(b)], list(names))
+            self.video_reads += 1
+            for name, row in names.items():
+                item = got[name]
+                record = SequenceFaces(
+                    np.ascontiguousarray(item.faces, np.float32),
+                    np.ascontiguousarray(item.centre, np.float32),
+                )
+                if self.in_memory:
+                    self.held[row] = record
+                else:
+                    data = record.centre.tobytes() + record.faces.tobytes()
+                    self.scratch.write(data)
+                    self.offsets[row] = (position, len(record.faces))
+                    position += len(data)
+        if self.scratch is not None:
+            self.scratch.flush()
+            self.bytes_on_disk = position
 
-    def get(self, block: int) -> dict[str, SequenceFaces]:
-        """The candidate sequences of block ``block``: {seq_id: SequenceFaces}."""
-        if block in self.held:
+    def get(self, row: int) -> SequenceFaces:
+        """Faces and centre of the candidate sequence at global row ``row``."""
+        if self.in_memory:
+            return self.held[row]
+        if row in self.held:
             self.hits += 1
-            self.held.move_to_end(block)
-            return self.held[block]
-        entry = self.source.read(self.videos[block], self.needed[block])
+            self.held.move_to_end(row)
+            return self.held[row]
+        offset, n = self.offsets[row]
+        raw = os.pread(self.scratch.fileno(), 4 * self.dim * (n + 1), offset)
+        vec = np.frombuffer(raw, np.float32)
+        item = SequenceFaces(vec[self.dim :].reshape(n, self.dim), vec[: self.dim])
         self.reads += 1
-        size = sum(f.faces.nbytes + f.centre.nbytes for f in entry.values())
-        # The video of the other side of the pair in hand (most recently used) always stays.
-        while len(self.held) > 1 and self.bytes + size > self.budget:
-            old, _ = self.held.popitem(last=False)
-            self.bytes -= self.sizes.pop(old)
-        self.held[block] = entry
-        self.sizes[block] = size
-        self.bytes += size
-        return entry
+        while len(self.held) > 1 and self.bytes + len(raw) > self.budget:
+            _, old = self.held.popitem(last=False)
+            self.bytes -= old.faces.nbytes + old.centre.nbytes
+        self.held[row] = item
+        self.bytes += len(raw)
+        return item
+
+    def close(self) -> None:
+        """Delete the scratch file."""
+        if self.scratch is not None:
+            self.scratch.close()
+            self.scratch = None
 
 
 def confirm_pairs(
@@ -383,6 +441,7 @@ def confirm_pairs(
     cfg: CleanConfig,
     rescore: bool,
     report: SearchReport,
+    scratch_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Face-match share of each candidate pair (-1 when its exact centre similarity, re-scored when
     ``rescore``, is below the threshold) and that exact similarity (NaN when not re-scored)."""
@@ -391,29 +450,23 @@ def confirm_pairs(
     exact = np.full(m, np.nan)
     if m == 0:
         return shares, exact
-    bi, bj = seqs.block_of(pairs_i), seqs.block_of(pairs_j)
-    needed: dict[int, set[int]] = {}
-    for b, r in zip(np.concatenate([bi, bj]), np.concatenate([pairs_i, pairs_j]), strict=True):
-        needed.setdefault(int(b), set()).add(int(r))
-    names = {b: {r: seqs.seq_id(r) for r in rows} for b, rows in needed.items()}
-    cache = FaceCache(
-        faces,
-        seqs.videos,
-        {b: sorted(set(v.values())) for b, v in names.items()},
-        cfg.rerun_memory_mb * 2**20 // 4,
-    )
-    order = np.lexsort((pairs_j, pairs_i, bj, bi))  # grouped by video pair
-    for p in order:
-        a, b = int(bi[p]), int(bj[p])
-        fa = cache.get(a)[names[a][int(pairs_i[p])]]
-        fb = cache.get(b)[names[b][int(pairs_j[p])]]
-        if rescore:
-            exact[p] = float(np.dot(fa.centre, fb.centre))
-            if exact[p] < cfg.rerun_threshold:
-                continue
-        shares[p] = filters.face_match_share(fa.faces, fb.faces, cfg.rerun_face_threshold)
-        report.pairs_checked += 1
-    report.video_reads, report.cache_hits = cache.reads, cache.hits
+    rows = np.unique(np.concatenate([pairs_i, pairs_j]))
+    store = FaceStore(seqs, rows, seqs.n_faces[rows], faces, cfg.rerun_memory_mb * 2**20 // 4, scratch_dir)
+    try:
+        for p in range(m):  # in row order: one side stays in the cache while its pairs are checked
+            fa, fb = store.get(int(pairs_i[p])), store.get(int(pairs_j[p]))
+            if rescore:
+                exact[p] = float(np.dot(fa.centre, fb.centre))
+                if exact[p] < cfg.rerun_threshold:
+                    continue
+            shares[p] = filters.face_match_share(fa.faces, fb.faces, cfg.rerun_face_threshold)
+            report.pairs_checked += 1
+    finally:
+        store.close()
+    report.candidate_sequences = len(rows)
+    report.video_reads = store.video_reads
+    report.faces_in_memory = store.in_memory
+    report.scratch_reads, report.cache_hits = store.reads, store.hits
     return shares, exact
 
 
@@ -472,9 +525,15 @@ def rerun_rows(
 
 
 def search_reruns(
-    centres: CentreSource, faces: FaceSource, cfg: CleanConfig, report: SearchReport | None = None
+    centres: CentreSource,
+    faces: FaceSource,
+    cfg: CleanConfig,
+    report: SearchReport | None = None,
+    scratch_dir: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rerun copies among all sequences of ``centres`` (see the module docstring), as RERUNS rows."""
+    """Rerun copies among all sequences of ``centres`` (see the module docstring), as RERUNS rows;
+    candidates' faces that do not fit in memory go to a scratch file in ``scratch_dir`` (default: the
+    system's temporary folder), deleted at the end."""
     report = report if report is not None else SearchReport()
     t0 = time.perf_counter()
     seqs = read_sequences(centres)
@@ -502,7 +561,7 @@ def search_reruns(
     report.candidates = len(pairs_i)
     t0 = time.perf_counter()
     rescore = report.method != "exact"
-    shares, exact = confirm_pairs(seqs, pairs_i, pairs_j, faces, cfg, rescore, report)
+    shares, exact = confirm_pairs(seqs, pairs_i, pairs_j, faces, cfg, rescore, report, scratch_dir)
     if rescore:
         seen = ~np.isnan(exact)
         if seen.any():

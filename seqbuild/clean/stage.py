@@ -408,7 +408,11 @@ def build_rerun_index(run: RunDir, cfg: CleanConfig, videos: list[str]) -> tuple
                 return read_table(path, RERUNS), h
         except SeqbuildError:
             pass
-    rows = search_reruns(RunCentres(run, videos), RunFaces(run), cfg) if videos else []
+    rows = (
+        search_reruns(RunCentres(run, videos), RunFaces(run), cfg, scratch_dir=run.clean.root)
+        if videos
+        else []
+    )
     table = pa.Table.from_pylist(rows, schema=RERUNS)
     write_table(path, table, RERUNS, "reruns", h)
     return table, h

@@ -11,7 +11,7 @@ from test_overlap_fakes import MODEL_ID
 
 from seqbuild.errors import InputError
 from seqbuild.overlap.config import OverlapConfig
-from seqbuild.overlap.gallery import build_gallery, load_gallery
+from seqbuild.overlap.gallery import build_gallery, iter_centres, load_gallery
 from seqbuild.overlap.search import (
     EXACT_MAX,
     build_index,
@@ -94,6 +94,7 @@ def test_gallery_is_searched_from_its_saved_index_without_reading_centres(tmp_pa
     # the fingerprint is the one the loaded centres give
     assert fingerprint.endswith(hashlib.sha1(g.centres.tobytes()).hexdigest()[:12])
     assert load_gallery(path).fingerprint == fingerprint
+    assert np.array_equal(np.concatenate(list(iter_centres(path, DIM, batch_rows=7))), g.centres)
     # auto: a gallery this small is searched exactly (built from the centres: the saved index is IVF)
     assert g.index_kind("auto") == "flat" and index_kind(g.index("auto")) == "flat"
 

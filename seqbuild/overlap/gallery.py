@@ -530,9 +530,14 @@ def iter_centres(path: str | os.PathLike[str], dim: int, batch_rows: int = 65536
         parquet = pq.ParquetFile(file)
         if parquet.schema_arrow.field("centre").type != want:
             raise InputError(f"{file}: centres are not {dim}-d float32 vectors")
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=["centre"]):
-            flat = batch.column(0).flatten().to_numpy(zero_copy_only=False)
-            yield np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+        # Row group by row group: iter_batches reads ahead and held the whole file (2.8 GB at 1M x 512).
+        for group in range(parquet.metadata.num_row_groups):
+            table = parquet.read_row_group(group, columns=["centre"])
+            for start in range(0, table.num_rows, batch_rows):
+                part = table.column(0).slice(start, batch_rows).combine_chunks()
+                flat = part.flatten().to_numpy(zero_copy_only=False)
+                yield np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+            del table
     except (pa.ArrowInvalid, OSError, KeyError) as exc:
         raise CorruptTableError(f"{file}: corrupt or truncated Parquet file ({exc})") from exc
 

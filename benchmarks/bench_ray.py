@@ -6,6 +6,8 @@ go through the whole chain (pipelines/e2e.toml, the shared gallery built on the 
 
 - ``local-1``: the local executor, one video at a time (the default);
 - ``local-2``: the local executor with ``workers = 2`` for every stage (a process pool);
+- ``local-1-threads1`` (optional): ``local-1`` with one BLAS/OpenMP thread, as Ray gives a 1-CPU task
+  (``OMP_NUM_THREADS=1``): the same float rounding as the Ray run;
 - ``ray-2``: a Ray cluster started here as a user would start a head node
   (``ray start --head --num-cpus 2 --block``, its own port and temp folder), and
   ``seqbuild run ... --executor ray --ray-address 127.0.0.1:PORT`` joining it: one Ray task per video,
@@ -43,11 +45,13 @@ def media_dir(arg: str) -> Path | None:
 
 
 def env() -> dict[str, str]:
-    """The environment of every child: this checkout's seqbuild first on the path."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    """The environment of every child: this checkout's seqbuild first on the path; Ray's token
+    authentication on for the head node and every client alike (recent Ray turns it on for
+    ``ray start --head``, and a client without it is refused)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 
 
-def seqbuild_run(run: Path, media: Path, extra: list[str]) -> dict:
+def seqbuild_run(run: Path, media: Path, extra: list[str], threads: str = "") -> dict:
     """``seqbuild run pipelines/e2e.toml`` on the four videos into ``run``; wall time and stage times."""
     inputs = json.dumps([str(media / v) for v in VIDEOS])
     gallery = json.dumps([str(media / "gallery")])
@@ -55,7 +59,10 @@ def seqbuild_run(run: Path, media: Path, extra: list[str]) -> dict:
            "--set", f"ingest.inputs={inputs}", "--set", f"dedup_overlap.galleries={gallery}", *extra]  # fmt: skip
     before = os.getloadavg()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True)
+    child_env = env()
+    if threads:  # what a Ray worker gets for a 1-CPU task
+        child_env.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     stages = {}
     for stage in STAGE_SECTIONS:
@@ -143,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--media", default="")
     ap.add_argument("--out", default="/tmp/seqbuild-bench-ray")
-    ap.add_argument("--runs", default="local-1,local-2,ray-2")
+    ap.add_argument("--runs", default="local-1,local-2,ray-2,local-1-threads1")
     args = ap.parse_args()
     media = media_dir(args.media)
     if media is None:
@@ -156,6 +163,8 @@ def main() -> None:
         shutil.rmtree(run, ignore_errors=True)
         if name == "local-1":
             results[name] = seqbuild_run(run, media, [])
+        elif name == "local-1-threads1":
+            results[name] = seqbuild_run(run, media, [], threads="1")
         elif name == "local-2":
             sets = [x for s in STAGE_SECTIONS for x in ("--set", f"{s}.workers=2")]
             results[name] = seqbuild_run(run, media, sets)
@@ -176,6 +185,8 @@ def main() -> None:
             results[n]["speedup_vs_local_1"] = base / results[n]["wall_s"]
             if n != "local-1":
                 results[n]["dataset_vs_local_1"] = compare(out / "local-1", out / n)
+        if "ray-2" in names and "local-1-threads1" in names:
+            results["ray-2"]["dataset_vs_local_1_threads1"] = compare(out / "local-1-threads1", out / "ray-2")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 

@@ -502,6 +502,15 @@ class Gallery:
                 if saved.ntotal == len(self.identities) and index_kind(saved) == kind:
                     index = saved
                 del saved
+            if index is None and kind != "flat":
+                log.warning(
+                    "gallery %s: no saved %s index; building one from its %d centres in this process"
+                    " (`seqbuild gallery build ... --index %s` saves it with the gallery)",
+                    self.name,
+                    kind,
+                    len(self.identities),
+                    kind,
+                )
             if index is None and self._centres is not None:
                 index = build_index(self._centres, kind=kind, nprobe=nprobe)
             elif index is None:

@@ -55,8 +55,9 @@ def seqbuild_run(run: Path, media: Path, extra: list[str], threads: str = "") ->
     """``seqbuild run pipelines/e2e.toml`` on the four videos into ``run``; wall time and stage times."""
     inputs = json.dumps([str(media / v) for v in VIDEOS])
     gallery = json.dumps([str(media / "gallery")])
-    cmd = [sys.executable, "-m", "seqbuild", "run", "pipelines/e2e.toml", "--out", str(run), "--no-progress",
-           "--set", f"ingest.inputs={inputs}", "--set", f"dedup_overlap.galleries={gallery}", *extra]  # fmt: skip
+    cmd = [sys.executable, "-m", "seqbuild", "run", "pipelines/e2e.toml", "--out", str(run),
+           "--no-progress", "--set", f"ingest.inputs={inputs}",
+           "--set", f"dedup_overlap.galleries={gallery}", *extra]  # fmt: skip
     before = os.getloadavg()
     t0 = time.perf_counter()
     child_env = env()

@@ -7,7 +7,7 @@ almost exactly. The search never holds every face of the run, only what a settin
    nearest other centres at ``rerun_threshold`` or more are candidate pairs.
 
    - ``exact`` (``rerun_search = "auto"`` up to ``rerun_exact_max`` sequences): one exact inner-product
-     index over all centres, as small runs always had: a few MB, no training, nothing approximate.
+     index over all centres, as small runs always had: tens of MB, no training, nothing approximate.
    - ``ivf`` (beyond): an IVF index with 8-bit residual codes (``ivf_sq8`` of
      :mod:`seqbuild.overlap.search`, a quarter of the float32 size). Its cells are trained on a
      uniform sample of the centres; it is filled, then queried, video by video from the per-video
@@ -31,8 +31,8 @@ almost exactly. The search never holds every face of the run, only what a settin
 Memory: the index (or one slice of it) and the faces held are bounded by ``rerun_memory_mb``; on top,
 about 150 bytes per sequence of bookkeeping (ids, first frames, the neighbour lists) and 40 per candidate
 pair grow with the run. Disk: the scratch file holds the candidates' faces (at most the run's own
-embeddings), next to the run. GPU: with faiss-gpu and a GPU (``faiss.get_num_gpus() > 0``), the filled index is searched on the
-GPU; the training and the confirmation stay on the CPU.
+embeddings), next to the run. GPU: with faiss-gpu and a GPU (``faiss.get_num_gpus() > 0``), the filled
+index is searched on the GPU; the training and the confirmation stay on the CPU.
 """
 
 from __future__ import annotations
@@ -216,11 +216,12 @@ class SearchReport:
         ivf = (
             f" nlist={self.nlist} nprobe={self.nprobe} slices={self.slices}" if self.method != "exact" else ""
         )
+        held = "in memory" if self.faces_in_memory else f"scratch file, {self.scratch_reads} reads"
         return (
             f"reruns: {self.method}{ivf} over {self.sequences} sequences, {self.candidates} candidate pairs,"
             f" {self.pairs_checked} checked face by face, {self.confirmed} confirmed;"
             f" faces of {self.candidate_sequences} sequences from {self.video_reads} video reads"
-            f" ({'in memory' if self.faces_in_memory else f'scratch file, {self.scratch_reads} reads'}); {times}"
+            f" ({held}); {times}"
         )
 
 
@@ -306,7 +307,7 @@ def ivf_neighbours(
     source: CentreSource, seqs: Sequences, k: int, cfg: CleanConfig, report: SearchReport
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (similarities from 8-bit codes, rows) of every centre by IVF search, slice by slice."""
-    faiss = vsearch._faiss()
+    faiss = vsearch.faiss_module()
     n, dim = seqs.n, seqs.dim
     nlist = rerun_nlist(n)
     report.nlist, report.nprobe = nlist, min(cfg.rerun_nprobe, nlist)

@@ -32,6 +32,11 @@ def _faiss():
     return requires("faiss", "gpu")  # faiss-cpu is a core dependency; faiss-gpu provides the same module
 
 
+def faiss_module():
+    """The ``faiss`` module (faiss-cpu or faiss-gpu), imported when first needed."""
+    return _faiss()
+
+
 def normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm as contiguous float32 (all-zero rows stay zero)."""
     x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))

@@ -37,7 +37,9 @@ Steps, each in a child process so that its peak RSS (VmHWM) is its own:
   ``seqbuild.overlap.stage.gallery_scores`` (what dedup-overlap does per video); recall of planted
   identities at the facenet threshold 0.45, false matches.
 - ``gallery-exact``: the exact scan (IndexFlatIP over the 1M centres) on a sample of queries: the
-  baseline's queries/s and the answers the IVF search is compared with.
+  baseline's queries/s, the answers the IVF search is compared with, and the gallery's saved index on
+  the same queries in the same process (the speed ratio at equal load).
+- ``geometry``: IVF recall against exact search for three shapes of embedding cloud (in memory).
 
 Run: ``make bench-global`` (= ``python -m benchmarks.bench_global``; ``--sequences``, ``--gallery``,
 ``--out DIR``, ``--steps``). Prints JSON and writes it to ``OUT/results.json``.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..overlap.search import INDEX_KINDS
 from .common import (
     config_options,
     flags_layer,
@@ -51,7 +52,7 @@ from .common import (
     help="CSV of a person's decisions: seq_id,decision (keep|remove)[,decided_by].",
 )
 @click.option("--decided-by", default=None, help="Who made the decisions (when the file does not say).")
-@click.option("--index", type=click.Choice(["flat", "ivf"]), default=None, help="FAISS index kind.")
+@click.option("--index", type=click.Choice(INDEX_KINDS), default=None, help="FAISS index kind.")
 @click.option(
     "--per-face", is_flag=True, default=None, help="Also search every face, not only sequence centres."
 )
@@ -96,7 +97,7 @@ def gallery() -> None:
 @click.option("--weights", default=None, help="Embedder weights file.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--detector", default=None, help="Face detector for the photos.")
-@click.option("--index", type=click.Choice(["flat", "ivf"]), default=None, help="FAISS index kind.")
+@click.option("--index", type=click.Choice(INDEX_KINDS), default=None, help="FAISS index kind.")
 @click.option(
     "--dominant-ratio",
     type=float,

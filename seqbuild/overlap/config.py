@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import option
+from .search import INDEX_KINDS
 
 
 @dataclass
@@ -85,7 +86,10 @@ class OverlapConfig:
         "clean", "stage whose surviving sequences are searched", choices=("clean", "track")
     )
     index: str = option(
-        "flat", "FAISS index: flat (exact) | ivf (for millions of identities)", choices=("flat", "ivf")
+        "auto",
+        "FAISS index over gallery centres: auto (flat up to 100,000 identities, ivf_sq8 beyond) | flat"
+        " (exact) | ivf (IVF, full vectors) | ivf_sq8 (IVF, 8-bit codes: a quarter of the memory)",
+        choices=INDEX_KINDS,
     )
     nprobe: int = option(32, "IVF cells searched per query", min=1)
     per_face: bool = option(

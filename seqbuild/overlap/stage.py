@@ -43,7 +43,7 @@ from .config import OverlapConfig
 from .decide import Calibration, GalleryScorer
 from .decisions import check_known, decisions_hash, read_decisions
 from .gallery import Gallery, build_gallery, is_gallery, load_gallery, same_model
-from .search import load_index, normalise
+from .search import load_index, normalise, search
 from .sources import source_fingerprint
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,33 @@ class Match:
         """Orders matches of several galleries: outcome first, then the margin above the kept threshold."""
         order = {"gallery_match": 2, "review": 1, "kept": 0}[self.outcome]
         return order, self.score - self.calibration.threshold
+
+
+@dataclass
+class GalleryScores:
+    """Every query's best identity in one gallery: its row in ``gallery.identities`` (-1: none) and score."""
+
+    gallery: Gallery
+    threshold: float
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def identity(self, i: int) -> str | None:
+        """The best identity of query ``i`` (None when the gallery is empty)."""
+        j = int(self.ids[i])
+        return self.gallery.identities[j] if j >= 0 else None
+
+
+def gallery_scores(
+    vectors: np.ndarray, galleries: list[tuple[Gallery, float]], kind: str, nprobe: int
+) -> list[GalleryScores]:
+    """Per gallery: each query vector's best identity and score, whatever the threshold (k=1 search
+    through the gallery's index of ``kind``, chosen by size for ``auto``)."""
+    out = []
+    for gallery, threshold in galleries:
+        scores, ids = search(gallery.index(kind, nprobe), vectors, k=1)
+        out.append(GalleryScores(gallery, threshold, ids[:, 0], scores[:, 0]))
+    return out
 
 
 def best_matches(

@@ -10,7 +10,7 @@ MEDIA ?= ../shared/media
 GALLERY ?= $(MEDIA)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e bench-table2 gpu-check clean-venv
+.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-decisions bench-identification bench-train bench-e2e bench-table2 gpu-check bench-global bench-ray clean-venv
 
 # The demo's photos of seven of its people ship in insightface 2.1's source archive: set-up downloads it into
 # the user cache (the demo reads the photos from it; it is never installed; its metadata is read with the venv's
@@ -58,7 +58,7 @@ train-demo: demo
 	$(VENV)/bin/seqbuild train --config pipelines/train-demo.toml --identities runs/demo-identities \
 		--sequences $(RUN)/dataset --out runs/train-demo
 
-bench: bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-identification bench-train bench-e2e
+bench: bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-decisions bench-identification bench-train bench-e2e bench-global bench-ray
 
 bench-ingest: setup
 	$(PY) -m benchmarks.bench_ingest
@@ -76,6 +76,11 @@ bench-embed: setup
 
 bench-overlap: setup
 	$(PY) -m benchmarks.bench_overlap
+
+# Identity scores and calibrated decisions on every real face of MEDIA, and the ArcFace crop check
+# (runs, galleries and JSON in runs/bench-decisions).
+bench-decisions: setup
+	SEQBUILD_MEDIA=$(MEDIA) $(PY) -m benchmarks.bench_overlap --part decisions,align --out runs/bench-decisions
 
 # 1M x 512 synthetic distractor features (2 GB, kept in runs/bench-identification) and FaceNet on MEDIA.
 bench-identification: setup
@@ -96,6 +101,13 @@ DEVICE ?= cuda
 QUICK ?=
 gpu-check: setup
 	PYTHON=$(PY) benchmarks/gpu_check.sh --device $(DEVICE) $(QUICK) --media $(MEDIA) --out runs/gpu_check
+# Clean's rerun search and dedup-overlap's gallery search on a synthetic 1M-sequence corpus (~5 GB in /tmp).
+bench-global: setup
+	$(PY) -m benchmarks.bench_global
+
+# seqbuild run on a local Ray cluster (2 CPUs) against the local executor, on four real videos.
+bench-ray: setup
+	$(PY) -m benchmarks.bench_ray
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,7 +15,19 @@ gallery, into a temporary run; prints what was removed and kept, and writes a co
 ``threshold``: genuine/impostor cosines between sequence centres and gallery identity centres on the
 real clips (see :func:`threshold_study`), used to choose the default centre threshold.
 
-Run: ``make bench-overlap`` (= ``python -m benchmarks.bench_overlap``); ``--part scale|real|threshold|all``.
+``decisions``: the identity scores (cosine, vote, csls, snorm) on every real face there is: runs of
+dev_broadcast, dev_broadcast_2 and two more broadcasts composed from the talk clips
+(``benchmarks/media/identity/``), the six talk clips, hamilton_stage and crowd_walk; galleries of the
+shared photos, of talk-clip frames (people of the broadcasts, and strangers to the broadcasts that do
+not show them) and of faces of crowd_walk and hamilton_stage's audience (strangers). Per option: genuine
+and impostor distributions, each scenario decided with the library's calibration, the implied FPIR at
+6, 100, 5,749 and 85,742 identities, and ``seqbuild dedup-overlap`` end to end with the defaults.
+
+``align``: insightface's 112 ArcFace crop derived from the stored 144 crop against the same crop aligned
+from the frame, on real faces: pixel difference and FaceNet embedding agreement.
+
+Run: ``make bench-overlap`` (= ``python -m benchmarks.bench_overlap``, parts scale and real); ``--part
+scale|real|threshold|decisions|align`` (comma-separated); ``make bench-decisions`` runs decisions and align.
 """
 
 from __future__ import annotations
@@ -438,10 +450,536 @@ def threshold_study(run: Path, gallery_dir: Path) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- identity decisions
+
+IDENTITY_SPECS = REPO / "benchmarks" / "media" / "identity"
+TALK = ("talk_d0", "talk_d3", "talk_d6", "talk_d9", "talk_d12", "talk_d18")
+SHARED = ("alex_lacamoire", "barack_obama", "joe_biden", "kit_harington", "lin_manuel_miranda", "rose_leslie")
+STRANGERS4 = ("alex_lacamoire", "joe_biden", "kit_harington", "rose_leslie")
+HAMILTON_LABELS = {  # frames of hamilton_stage: Miranda on stage, the Obamas and a guest in the audience
+    "lin_manuel_miranda": (84, 210),
+}
+SIZES = (6, 100, 5749, 85742)
+
+
+def compose_identity_media(media: Path, out: Path) -> dict[str, tuple[Path, Path | None]]:
+    """name -> (video, ground truth) of every video the decisions study runs on (composing what is missing)."""
+    import subprocess
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    tool = media.parent / "tools" / "broadcast.py"
+    found: dict[str, tuple[Path, Path | None]] = {
+        "dev_broadcast": (media / "dev_broadcast.mp4", media / "dev_broadcast.gt.json")
+    }
+    specs = [REPO / "benchmarks" / "media" / "dev_broadcast_2.json", *sorted(IDENTITY_SPECS.glob("*.json"))]
+    for spec_path in specs:
+        if not spec_path.exists():
+            continue
+        name = spec_path.stem if spec_path.parent == IDENTITY_SPECS else spec_path.stem
+        name = f"identity_{name}" if spec_path.parent == IDENTITY_SPECS else name
+        video, gt = out / f"{name}.mp4", out / f"{name}.gt.json"
+        if not (video.exists() and gt.exists()):
+            spec = json.loads(spec_path.read_text())
+            spec["clips"] = {k: str((media / v).resolve()) for k, v in spec["clips"].items()}
+            resolved = out / f"{name}.json"
+            resolved.write_text(json.dumps(spec))
+            subprocess.run([sys.executable, str(tool), str(resolved), str(video)], check=True)
+        found[name] = (video, gt)
+    for clip in (*TALK, "hamilton_stage", "crowd_walk"):
+        found[clip] = (media / "clips" / f"{clip}.mp4", None)
+    return found
+
+
+def prepare_run(video: Path, run: Path) -> None:
+    """ingest -> track -> embed -> clean with the defaults (each video in its own run: clean's rerun step
+    would otherwise take a talk clip for a rerun of the broadcast made from it)."""
+    from seqbuild.pipeline.loading import load_pipeline
+    from seqbuild.pipeline.run import run_pipeline
+
+    flags = {"ingest": {"inputs": [str(video)]}, "run": {"stages": ["ingest", "track", "embed", "clean"]}}
+    run_pipeline(run, load_pipeline(None, [], flags), progress=False)
+
+
+def _pane(gt: dict, frame: int, box: list[float]) -> str:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for shot in gt["shots"]:
+        if shot["start"] <= frame < shot["end"]:
+            for pane in shot["panes"]:
+                x, y, w, h = pane["rect"]
+                if x <= cx < x + w and y <= cy < y + h:
+                    return pane["identity"]
+    return "none"
+
+
+def labelled_sequences(name: str, run: Path, gt_path: Path | None, stage: str = "clean") -> list[dict]:
+    """Sequences of a run with their faces' vectors and a label: the ground-truth pane (broadcasts), the
+    clip (talk clips), or by frame range and gallery look-up (hamilton_stage, crowd_walk)."""
+    from seqbuild.layout import RunDir
+    from seqbuild.storage import read_table
+
+    rd = RunDir(run)
+    gt = json.loads(gt_path.read_text()) if gt_path else None
+    out = []
+    for shard in rd.stage(stage).done_shards():
+        a = read_table(rd.stage(stage).table_path("assignments", shard)).to_pydict()
+        emb = read_table(rd.embed.table_path("embeddings", shard), columns=["face_id", "embedding"])
+        row = {f: i for i, f in enumerate(emb.column("face_id").to_pylist())}
+        vec = np.asarray(emb.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False))
+        vec = vec.reshape(len(row), -1).astype(np.float32)
+        cols = ["face_id", "frame_idx", "x1", "y1", "x2", "y2"]
+        det = read_table(rd.ingest.table_path("detections", shard), columns=cols).to_pydict()
+        drow = {f: i for i, f in enumerate(det["face_id"])}
+        seqs: dict[str, list[str]] = {}
+        for f, s in zip(a["face_id"], a["seq_id"], strict=True):
+            seqs.setdefault(s, []).append(f)
+        for s, faces in sorted(seqs.items()):
+            frames = [det["frame_idx"][drow[f]] for f in faces]
+            if gt is not None:
+                labels = [
+                    _pane(gt, fr, [det[c][drow[f]] for c in cols[2:]])
+                    for f, fr in zip(faces, frames, strict=True)
+                ]
+                values, counts = np.unique(labels, return_counts=True)
+                label = str(values[counts.argmax()])
+            elif name.startswith("talk_"):
+                label = name
+            else:
+                # one unknown person per sequence (hamilton_stage's are labelled below); the same name as
+                # the stranger photos made from the sequence (stranger_photos)
+                label = f"{name}_{s[-6:]}"
+            v = vec[[row[f] for f in faces]]
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            c = v.sum(0)
+            out.append(
+                {
+                    "video": name,
+                    "seq_id": s,
+                    "label": label,
+                    "faces": v,
+                    "centre": c / np.linalg.norm(c),
+                    "frames": (min(frames), max(frames)),
+                }  # fmt: skip
+            )
+    return out
+
+
+def talk_frames(media: Path, out: Path, per_clip: int = 5) -> Path:
+    """OUT/<talk_dX>/NN.jpg: frames spread over each talk clip, as gallery photos of its person."""
+    import cv2
+
+    for clip in TALK:
+        folder = out / clip
+        if folder.is_dir() and len(list(folder.glob("*.jpg"))) >= per_clip:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        cap = cv2.VideoCapture(str(media / "clips" / f"{clip}.mp4"))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        for k, i in enumerate(np.linspace(5, n - 5, per_clip).astype(int)):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+            ok, frame = cap.read()
+            if ok:
+                cv2.imwrite(str(folder / f"{k:02d}.jpg"), frame)
+    return out
+
+
+def stranger_photos(media: Path, runs: Path, out: Path) -> Path:
+    """OUT/<clip_seq>/k.jpg: three frame crops of each tracked sequence of crowd_walk and of the audience
+    of hamilton_stage who are not in the shared gallery (Michelle Obama, a guest): gallery strangers."""
+    import cv2
+
+    from seqbuild.layout import RunDir
+    from seqbuild.storage import read_table
+
+    for clip in ("crowd_walk", "hamilton_stage"):
+        rd = RunDir(runs / clip)
+        cap = cv2.VideoCapture(str(media / "clips" / f"{clip}.mp4"))
+        frames = []
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames.append(f)
+        for shard in rd.track.done_shards():
+            a = read_table(rd.track.table_path("assignments", shard)).to_pydict()
+            cols = ["face_id", "frame_idx", "x1", "y1", "x2", "y2"]
+            det = read_table(rd.ingest.table_path("detections", shard), columns=cols).to_pydict()
+            drow = {f: i for i, f in enumerate(det["face_id"])}
+            seqs: dict[str, list[str]] = {}
+            for f, s in zip(a["face_id"], a["seq_id"], strict=True):
+                seqs.setdefault(s, []).append(f)
+            for s, faces in sorted(seqs.items()):
+                first = det["frame_idx"][drow[faces[0]]]
+                if clip == "hamilton_stage" and first < 216:
+                    continue  # the stage: gallery people (Miranda, Lacamoire)
+                folder = out / f"{clip}_{s[-6:]}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for k, f in enumerate([faces[0], faces[len(faces) // 2], faces[-1]]):
+                    i = drow[f]
+                    x1, y1, x2, y2 = (det[c][i] for c in cols[2:])
+                    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * 2.2
+                    img = frames[det["frame_idx"][i]]
+                    crop = img[
+                        int(max(cy - side / 2, 0)) : int(cy + side / 2),
+                        int(max(cx - side / 2, 0)) : int(cx + side / 2),
+                    ]
+                    if min(crop.shape[:2]) < 80:
+                        crop = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+                    cv2.imwrite(str(folder / f"{k}.jpg"), crop)
+    return out
+
+
+def link_gallery(folder: Path, sources: dict[str, Path]) -> Path:
+    """A gallery folder of symbolic links to identity folders."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(src.resolve(), target_is_directory=True)
+    return folder
+
+
+def scenarios(media: Path, work: Path) -> dict[str, tuple[list[str], dict[str, Path]]]:
+    """name -> (runs, gallery identities): a gallery of the broadcast's people plus strangers, the
+    shared gallery against video it has and has not, and the shared gallery plus every stranger."""
+    shared = {n: media / "gallery" / n for n in SHARED}
+    talk = {n: work / "talk_frames" / n for n in TALK}
+    strangers = {p.name: p for p in sorted((work / "strangers").iterdir()) if p.is_dir()}
+    four = {n: shared[n] for n in STRANGERS4}
+    return {
+        "hamilton_stage / shared gallery": (["hamilton_stage"], shared),
+        "hamilton_stage / shared + talk people": (["hamilton_stage"], {**shared, **talk}),
+        "dev_broadcast / shared + strangers": (["dev_broadcast"], {**shared, **strangers}),
+        "dev_broadcast_2 / shared + strangers": (["dev_broadcast_2"], {**shared, **strangers}),
+        "talk clips + crowd / shared + strangers": ([*TALK, "crowd_walk"], {**shared, **strangers}),
+        "dev_broadcast / 2 of its people + 4": (
+            ["dev_broadcast"],
+            {**{k: talk[k] for k in ("talk_d3", "talk_d12")}, **four},
+        ),
+        "dev_broadcast_2 / 2 of its people + 4": (
+            ["dev_broadcast_2"],
+            {**{k: talk[k] for k in ("talk_d6", "talk_d18")}, **four},
+        ),
+        "broadcast_a / 2 of its people + 6": (
+            ["identity_broadcast_a"],
+            {**{k: talk[k] for k in ("talk_d0", "talk_d6", "talk_d12", "talk_d18")}, **four},
+        ),
+        "broadcast_b / 2 of its people + 7": (
+            ["identity_broadcast_b"],
+            {
+                **{k: talk[k] for k in ("talk_d9", "talk_d18", "talk_d0", "talk_d6")},
+                **four,
+                "barack_obama": shared["barack_obama"],
+            },
+        ),
+    }
+
+
+def _hamilton_labels(seqs: list[dict], gallery) -> None:
+    """Label hamilton_stage's sequences: Miranda on stage; in the audience Barack Obama is the one whose
+    centre is closest to his gallery photos (0.6), the others are Michelle Obama and a guest."""
+    aud = [s for s in seqs if s["video"] == "hamilton_stage" and s["frames"][0] >= 211]
+    obama = gallery.identities.index("barack_obama")
+    best = max(aud, key=lambda s: float(gallery.centres[obama] @ s["centre"])) if aud else None
+    for s in seqs:
+        if s["video"] != "hamilton_stage":
+            continue
+        if s["frames"][0] < 211:
+            s["label"] = "lin_manuel_miranda" if s["frames"][1] > 80 else "alex_lacamoire"
+        elif s is best:
+            s["label"] = "barack_obama"
+
+
+def decisions_study(media: Path, out: Path) -> dict:
+    """The identity scores against each other on the real faces, then dedup-overlap with the defaults."""
+    from seqbuild import openset
+    from seqbuild.overlap import decide
+    from seqbuild.overlap.calibrate import gallery_images
+    from seqbuild.overlap.config import OverlapConfig
+    from seqbuild.overlap.gallery import build_gallery, load_gallery
+
+    res: dict = {"machine_before": machine()}
+    t0 = time.perf_counter()
+    videos = compose_identity_media(media, out / "media")
+    for name, (video, _) in videos.items():
+        if not (out / "runs" / name / "clean" / "_done").is_dir():
+            prepare_run(video, out / "runs" / name)
+    talk_frames(media, out / "talk_frames")
+    stranger_photos(media, out / "runs", out / "strangers")
+    res["prepare_s"] = time.perf_counter() - t0
+    every = {**{n: media / "gallery" / n for n in SHARED}, **{n: out / "talk_frames" / n for n in TALK}}
+    every.update({p.name: p for p in sorted((out / "strangers").iterdir()) if p.is_dir()})
+    all_dir = link_gallery(out / "galleries" / "all", every)
+    built = out / "galleries" / "all_built"
+    if not (built / "manifest.json").exists():
+        build_gallery(all_dir, built, OverlapConfig(), progress=False)
+    full = load_gallery(built)
+    images, image_rows = gallery_images(full)
+    seqs = [s for name, (_, gt) in videos.items() for s in labelled_sequences(name, out / "runs" / name, gt)]
+    _hamilton_labels(seqs, full)
+    res["sequences"] = len(seqs)
+    res["gallery_identities_built"] = len(full.identities)
+    options = ("cosine", "vote", "csls", "snorm")
+    pooled = {o: {"genuine": [], "impostor": [], "genuine_names": []} for o in options}
+    per_scenario = {}
+    for scen, (runs, members) in scenarios(media, out).items():
+        ids = [n for n in members if n in full.identities]
+        rows = [full.identities.index(n) for n in ids]
+        centres = full.centres[rows]
+        keep = np.isin(image_rows, rows)
+        remap = {r: i for i, r in enumerate(rows)}
+        img = images[keep]
+        img_rows = np.array([remap[r] for r in image_rows[keep]])
+        qs = [s for s in seqs if s["video"] in runs]
+        q = np.stack([s["centre"] for s in qs])
+        faces = [s["faces"] for s in qs]
+        stats = decide.identity_stats(centres, q, k=5)
+        entry = {"identities": len(ids), "sequences": len(qs), "options": {}}
+        for opt in options:
+            scorer = decide.GalleryScorer(centres, decide.create_score(opt), stats)
+            cand = scorer.candidates(q, faces)
+            scores = scorer.scores(cand)
+            imp = scorer.impostor_sample(q, faces, include_best=len(ids) < 2)
+            typical = decide.GalleryScorer(centres, decide.create_score(opt), decide.typical_stats(stats))
+            genuine, _ = typical.gallery_self_scores(img, img_rows)
+            _, cohort = scorer.gallery_self_scores(img, img_rows)
+            cal = decide.calibrate(scen, full.embedder, opt, len(ids), imp, genuine, 0.001, 1e-5, cohort=cohort,
+                                   default_threshold=0.45, n_sequences=len(qs))  # fmt: skip
+            best, brow = decide.best(scores, cand)
+            wrong, removed_gallery, kept_strangers, strangers = [], 0, 0, 0
+            for s, b, j in zip(qs, best, brow, strict=True):
+                outcome = cal.outcome(b)
+                mate = s["label"] in ids
+                strangers += not mate
+                kept_strangers += (not mate) and outcome == "kept"
+                removed_gallery += mate and outcome != "kept"
+                if (outcome != "kept") != mate:
+                    wrong.append(f"{s['label']} -> {ids[j]} {b:.3f} {outcome}")
+                for col, jj in enumerate(cand.ids[list(qs).index(s)]):
+                    if jj < 0:
+                        continue
+                    v = float(scores[list(qs).index(s), col])
+                    (pooled[opt]["genuine"] if ids[jj] == s["label"] else pooled[opt]["impostor"]).append(v)
+                    if ids[jj] == s["label"]:
+                        pooled[opt]["genuine_names"].append(f"{scen}: {s['label']}")
+            at_sizes = {}
+            for n in SIZES:
+                c = decide.calibrate(scen, full.embedder, opt, n, imp, genuine, 0.001, 1e-5, cohort=cohort,
+                                     default_threshold=0.45, n_sequences=len(qs))  # fmt: skip
+                at_sizes[str(n)] = {
+                    "threshold": c.threshold_for_target,
+                    "genuine_kept_at_target": None
+                    if not len(genuine)
+                    else float(np.mean(genuine >= c.threshold_for_target)),
+                    "fpir_keeping_95pct_genuine": c.fpir_for_genuine,
+                    "warning": c.warning is not None,
+                }
+            # What the run alone would give: its own robust spread, without the gallery's.
+            run_only = openset.fit_impostor(imp, "robust") if len(imp) >= 2 else None
+            t_run_only = (
+                float(openset.threshold_for_fpir(run_only, 0.001, len(ids))) if run_only is not None else None
+            )
+            entry["options"][opt] = {
+                "run_only_spread": None if run_only is None else run_only.scale,
+                "run_only_threshold": t_run_only,
+                "run_only_strangers_kept": None
+                if t_run_only is None
+                else int(
+                    sum((s["label"] not in ids) and b < t_run_only for s, b in zip(qs, best, strict=True))
+                ),
+                "at_sizes": at_sizes,
+                "threshold": round(cal.threshold, 3),
+                "confident": round(cal.confident_threshold, 3),
+                "fit": [round(cal.fit["loc"], 3), round(cal.fit["scale"], 3)] if cal.fit else None,
+                "gallery_people": sum(s["label"] in ids for s in qs),
+                "gallery_people_removed": removed_gallery,
+                "strangers": strangers,
+                "strangers_kept": kept_strangers,
+                "wrong": wrong,
+                "warning": bool(cal.warning),
+            }
+        per_scenario[scen] = entry
+    res["scenarios"] = per_scenario
+    summary = {}
+    for opt, d in pooled.items():
+        g, i = np.asarray(d["genuine"]), np.asarray(d["impostor"])
+        fit = openset.fit_impostor(i, "robust")
+        t_op = float(g.min())  # the operating point: the lowest threshold that keeps every genuine match
+        lowest = int(np.argmin(g))
+        summary[opt] = {
+            "genuine": {"n": len(g), "min": float(g.min()), "median": float(np.median(g)), "lowest": d["genuine_names"][lowest]},
+            "impostor": {"n": len(i), "mean": float(i.mean()), "sd": float(i.std()), "max": float(i.max()),
+                         "p99": float(np.quantile(i, 0.99))},
+            "genuine_min_sd_above_impostor_mean": float((g.min() - i.mean()) / i.std()),
+            "impostor_above_genuine_min": int((i >= g.min()).sum()),
+            "operating_point": t_op,
+            "fpir_at_operating_point": {str(n): float(openset.model_fpir(fit, t_op, n)) for n in SIZES},
+            "fpir_at_operating_point_moments_fit": {
+                str(n): float(openset.model_fpir(openset.fit_impostor(i, "moments"), t_op, n)) for n in SIZES
+            },
+            "observed_far_at_operating_point": float(np.mean(i >= t_op)),
+            "tail_check": openset.tail_check(fit, i, min_count=5),
+            "wrong_decisions": sum(len(e["options"][opt]["wrong"]) for e in per_scenario.values()),
+        }  # fmt: skip
+    res["pooled"] = summary
+    res["end_to_end"] = end_to_end(media, out)
+    res["machine_after"] = machine()
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def end_to_end(media: Path, out: Path) -> list[dict]:
+    """``seqbuild dedup-overlap`` with the defaults on a copy of each scenario's run(s)."""
+    import shutil
+
+    from seqbuild.layout import RunDir
+    from seqbuild.overlap.config import OverlapConfig
+    from seqbuild.overlap.stage import run_dedup_overlap
+    from seqbuild.schema import MATCHES
+    from seqbuild.storage import read_table
+
+    results = []
+    videos = compose_identity_media(media, out / "media")
+    for scen, (runs, members) in scenarios(media, out).items():
+        if len(runs) != 1:
+            continue
+        slug = scen.replace(" / ", "__").replace(" ", "_").replace("+", "plus")
+        gallery = link_gallery(out / "galleries" / slug, members)
+        run = out / "e2e" / slug
+        if not run.exists():
+            shutil.copytree(
+                out / "runs" / runs[0], run, ignore=shutil.ignore_patterns("dedup_overlap", "dataset")
+            )
+        t0 = time.perf_counter()
+        summary = run_dedup_overlap(run, OverlapConfig(galleries=[str(gallery)]), progress=False)
+        labels = {s["seq_id"]: s["label"] for s in labelled_sequences(runs[0], run, videos[runs[0]][1])}
+        if runs[0] == "hamilton_stage":
+            from seqbuild.overlap.gallery import load_gallery
+
+            seqs = labelled_sequences(runs[0], run, None)
+            _hamilton_labels(seqs, load_gallery(out / "galleries" / "all_built"))
+            labels = {s["seq_id"]: s["label"] for s in seqs}
+        rows = []
+        for shard in RunDir(run).dedup_overlap.done_shards():
+            rows += read_table(RunDir(run).dedup_overlap.table_path("matches", shard), MATCHES).to_pylist()
+        decided = [
+            {"label": labels.get(r["seq_id"], "?"), "in_gallery": labels.get(r["seq_id"]) in members,
+             "score": round(r["score"], 3), "identity": r["identity"], "outcome": r["outcome"], "action": r["action"]}
+            for r in rows if r["face_id"] is None
+        ]  # fmt: skip
+        g = next(iter(summary["galleries"].values()))
+        results.append(
+            {
+                "scenario": scen,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "gallery": {k: g[k] for k in ("identities", "score", "threshold", "confident_threshold", "fpir", "calibration")},
+                "warnings": summary.get("warnings", []),
+                "gallery_people_removed": sum(d["in_gallery"] and d["action"] == "removed" for d in decided),
+                "gallery_people": sum(d["in_gallery"] for d in decided),
+                "strangers_kept": sum(not d["in_gallery"] and d["action"] == "kept" for d in decided),
+                "strangers": sum(not d["in_gallery"] for d in decided),
+                "sequences": decided,
+            }
+        )  # fmt: skip
+    return results
+
+
+def align_check(media: Path, out: Path, per_video: int = 40) -> dict:
+    """The ArcFace 112 crop derived from the stored crop against the same crop aligned from the frame."""
+    import cv2
+
+    from seqbuild.embed.models import create_embedder
+    from seqbuild.embed.onnx_embedder import ARCFACE_112, arcface_crops
+    from seqbuild.imaging import decode_jpeg
+    from seqbuild.ingest.align import umeyama_similarity
+    from seqbuild.layout import RunDir
+    from seqbuild.storage import read_table
+
+    facenet = create_embedder("facenet", device="cpu")
+    direct, derived, labels = [], [], []
+    videos = compose_identity_media(media, out / "media")
+    for name in ("dev_broadcast", *TALK, "hamilton_stage"):
+        rd = RunDir(out / "runs" / name)
+        # people, not sequences: a talk clip's person is also in the broadcast (its ground-truth pane)
+        person = {
+            s["seq_id"]: s["label"] for s in labelled_sequences(name, out / "runs" / name, videos[name][1])
+        }
+        for shard in rd.clean.done_shards():
+            keep = read_table(rd.clean.table_path("assignments", shard)).to_pydict()
+            det = read_table(
+                rd.ingest.table_path("detections", shard),
+                columns=["face_id", "frame_idx", "landmarks", "image", "source"],
+            )
+            det = det.to_pydict()
+            kept = set(keep["face_id"])
+            seq_of = dict(zip(keep["face_id"], keep["seq_id"], strict=True))
+            idx = [i for i, f in enumerate(det["face_id"]) if f in kept]
+            idx = (
+                [idx[k] for k in np.linspace(0, len(idx) - 1, min(per_video, len(idx))).astype(int)]
+                if idx
+                else []
+            )
+            if not idx:
+                continue
+            cap = cv2.VideoCapture(det["source"][idx[0]])
+            wanted = {det["frame_idx"][i] for i in idx}
+            frames, n = {}, 0
+            while wanted - set(frames):
+                ok, f = cap.read()
+                if not ok:
+                    break
+                if n in wanted:
+                    frames[n] = cv2.cvtColor(f, cv2.COLOR_BGR2RGB)
+                n += 1
+            for i in idx:
+                frame = frames.get(det["frame_idx"][i])
+                if frame is None:
+                    continue
+                lm = np.asarray(det["landmarks"][i], np.float64).reshape(5, 2)
+                m = umeyama_similarity(lm, ARCFACE_112)
+                direct.append(
+                    cv2.warpAffine(
+                        frame, m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                    )
+                )
+                derived.append(arcface_crops(decode_jpeg(det["image"][i])[None])[0])
+                labels.append(person.get(seq_of[det["face_id"][i]], "?"))
+    a = np.stack(direct).astype(np.float32)
+    b = np.stack(derived).astype(np.float32)
+    ea, eb = facenet.embed(list(np.stack(direct))), facenet.embed(list(np.stack(derived)))
+    same = np.sum(ea * eb, axis=1)
+    lab = np.asarray(labels)
+
+    def separation(e):
+        from seqbuild.train.evaluate import tar_at_far
+
+        s = e @ e.T
+        iu = np.triu_indices(len(e), 1)
+        same = (lab[:, None] == lab[None, :])[iu]
+        scores = s[iu]
+        return {
+            "genuine_mean": float(scores[same].mean()),
+            "impostor_mean": float(scores[~same].mean()),
+            "tar_at_far_1e-3": float(tar_at_far(scores, same, 1e-3)[0]),
+            "tar_at_far_1e-4": float(tar_at_far(scores, same, 1e-4)[0]),
+        }
+
+    return {
+        "faces": len(a),
+        "pixel_mean_abs_diff": float(np.abs(a - b).mean()),
+        "pixel_mean_abs_diff_centre_96": float(np.abs(a[:, 8:104, 8:104] - b[:, 8:104, 8:104]).mean()),
+        "facenet_cos_direct_vs_derived": {"min": float(same.min()), "median": float(np.median(same))},
+        "pairs_aligned_from_frame": separation(ea),
+        "pairs_derived_from_stored_crop": separation(eb),
+    }
+
+
 def main() -> None:
     """Run the chosen parts and print JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", default="all", choices=("scale", "real", "threshold", "all"))
+    ap.add_argument(
+        "--part", default="all", help="scale | real | threshold | decisions | align | all (comma-separated)"
+    )
     ap.add_argument("--n", type=int, default=1_000_000, help="gallery vectors")
     ap.add_argument("--queries", type=int, default=100_000, help="query centres")
     ap.add_argument(
@@ -459,7 +997,25 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     media = media_dir()
-    if args.part in ("real", "all"):
+    parts = set(args.part.split(","))
+    if "all" in parts:
+        parts = {"scale", "real"}  # decisions and align: `make bench-decisions`
+    for part in ("decisions", "align"):
+        if part not in parts:
+            continue
+        if media is None:
+            print(
+                f"{part} skipped: no media (set SEQBUILD_MEDIA or place ../shared/media beside the checkout)"
+            )
+            continue
+        res = (
+            decisions_study(media, out / "identity")
+            if part == "decisions"
+            else align_check(media, out / "identity")
+        )
+        (out / f"{part}.json").write_text(json.dumps(res, indent=1, default=float))
+        print(json.dumps({part: res}, indent=1, default=float))
+    if parts & {"real"}:
         if media is None:
             print(
                 "real check skipped: no media (set SEQBUILD_MEDIA or place ../shared/media beside the checkout)"
@@ -470,7 +1026,7 @@ def main() -> None:
                 real_check(media, out, [*args.set, *RELAXED_CLEAN], "relaxed_clean"),
             ]
             print(json.dumps({"real": res}, indent=1, default=float))
-    if args.part == "threshold":
+    if "threshold" in parts:
         if not args.run:
             ap.error(
                 "--part threshold needs --run RUN (a run with the talk clips and hamilton_stage ingested)"
@@ -480,7 +1036,7 @@ def main() -> None:
                 {"threshold": threshold_study(Path(args.run), Path(args.gallery))}, indent=1, default=float
             )
         )
-    if args.part in ("scale", "all"):
+    if "scale" in parts:
         res = scale_bench(args.n, args.queries, args.exact_queries, nprobe=args.nprobe)
         print(json.dumps({"scale": res}, indent=1, default=float))
 

@@ -135,9 +135,20 @@ REASONS: dict[str, Reason] = {
             "gallery_match",
             "dedup_overlap",
             ("sequence", "face"),
-            "the identity is in a reference gallery (gallery and identity columns name it)",
-            "similarity score to the gallery identity",
-            "the gallery's threshold (dedup_overlap.thresholds or its calibrated one)",
+            "a confident match of an identity of a reference gallery (gallery and identity name it; fpir"
+            " is the estimated false-positive identification rate at the threshold)",
+            "identity score (dedup_overlap.score) against the gallery identity",
+            "the confident threshold: calibrated for dedup_overlap.confident_fpir at the gallery's size,"
+            " or dedup_overlap.thresholds",
+        ),
+        Reason(
+            "review",
+            "dedup_overlap",
+            ("sequence", "face"),
+            "between the confident threshold and the one for the target FPIR: removed by"
+            " dedup_overlap.review = remove, or by a person (decided_by) in a decisions file",
+            "identity score (dedup_overlap.score) against the gallery identity",
+            "the threshold calibrated for dedup_overlap.fpir at the gallery's size",
         ),
     )
 }

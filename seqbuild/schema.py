@@ -119,6 +119,28 @@ REMOVALS = pa.schema(
 """Every row removed by any stage, with why: removals are written, never silently dropped."""
 
 
+MATCHES = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("face_id", pa.string()),  # null for a sequence's decision; the face for per-face ones
+        pa.field("n_faces", pa.int32(), nullable=False),
+        pa.field("gallery", pa.string()),  # the gallery and identity of the best match (null: none)
+        pa.field("identity", pa.string()),
+        pa.field("score_name", pa.string(), nullable=False),  # csls | cosine | vote | snorm
+        pa.field("score", pa.float64()),
+        pa.field("threshold", pa.float64()),  # below it: kept
+        pa.field("confident_threshold", pa.float64()),  # at or above it: gallery_match
+        pa.field("fpir", pa.float64()),  # estimated FPIR at the threshold the score reached
+        pa.field("outcome", pa.string(), nullable=False),  # gallery_match | review | kept (automatic)
+        pa.field("action", pa.string(), nullable=False),  # removed | kept (after review policy, decisions)
+        pa.field("decided_by", pa.string(), nullable=False),  # auto | the person of a decisions file
+    ]
+)
+"""Written by dedup-overlap: every searched sequence's best gallery match and what was decided (review
+sequences and a person's decisions included), so that a person can review them."""
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     """Schema of an embeddings table whose vectors have ``dim`` float32 components (L2-normalised)."""
     return pa.schema(
@@ -180,6 +202,7 @@ TABLES: dict[str, pa.Schema] = {
     "assignments": ASSIGNMENTS,
     "sequences": SEQUENCES,
     "removals": REMOVALS,
+    "matches": MATCHES,
     "faces": FACES,
     "identity_images": IDENTITY_IMAGES,
 }

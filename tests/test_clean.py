@@ -56,6 +56,7 @@ def cfg(**kw) -> CleanConfig:
         rerun_face_threshold=0.97,
         rerun_min_share=0.6,
         device="cpu",
+        model_thresholds="as_set",
     )
     base.update(kw)
     return CleanConfig(**base)

@@ -157,7 +157,7 @@ def test_sequence_centre_is_normalised_mean_of_normalised_embeddings():
 def test_removes_matching_sequences_with_identity_score_and_gallery(tmp_path, galleries):
     celebs, optout = galleries
     run = make_run(tmp_path / "run")
-    cfg = OverlapConfig(galleries=[str(celebs), str(optout)], thresholds=[0.5, 0.9])
+    cfg = OverlapConfig(galleries=[str(celebs), str(optout)], thresholds=[0.5, 0.9], score="cosine")
     summary = run_dedup_overlap(run.root, cfg, progress=False)
 
     rem = read_table(run.dedup_overlap.table_path("removals", VIDEO), REMOVALS).to_pylist()
@@ -178,12 +178,15 @@ def test_removes_matching_sequences_with_identity_score_and_gallery(tmp_path, ga
     kept = read_table(run.dedup_overlap.table_path("sequences", VIDEO), SEQUENCES)
     assert kept.column("seq_id").to_pylist() == [f"{VIDEO}-s00002"]
 
-    assert summary["galleries"]["celebs"] == {
+    celebs_summary = summary["galleries"]["celebs"]
+    assert {k: celebs_summary[k] for k in ("threshold", "sequences", "faces", "path", "calibration")} == {
         "threshold": 0.5,
         "sequences": 1,
         "faces": 4,
         "path": str(celebs),
+        "calibration": "fixed",
     }
+    assert alice["fpir"] is None  # a fixed threshold on a run too small to fit: no FPIR estimate
     assert summary["galleries"]["optout"]["sequences"] == 1 and summary["galleries"]["optout"]["faces"] == 3
     assert (
         summary["sequences_in"],
@@ -204,14 +207,14 @@ def test_threshold_per_gallery_decides(tmp_path, galleries):
     celebs, optout = galleries
     run = make_run(tmp_path / "run")
     # bob's sequence scores ~0.92 against optout: kept with 0.95, while celebs at 0.5 still removes alice
-    cfg = OverlapConfig(galleries=[str(celebs), str(optout)], thresholds=[0.5, 0.95])
+    cfg = OverlapConfig(galleries=[str(celebs), str(optout)], thresholds=[0.5, 0.95], score="cosine")
     summary = run_dedup_overlap(run.root, cfg, progress=False)
     assert summary["galleries"]["optout"]["sequences"] == 0
     assert summary["galleries"]["celebs"]["sequences"] == 1
     # a re-run with the same config skips the video; a new threshold redoes it
     again = run_dedup_overlap(run.root, cfg, progress=False)
     assert again["skipped"] == 1 and again["done"] == 0
-    cfg2 = OverlapConfig(galleries=[str(celebs), str(optout)], thresholds=[1.0, 0.95])
+    cfg2 = OverlapConfig(galleries=[str(celebs), str(optout)], thresholds=[1.0, 0.95], score="cosine")
     third = run_dedup_overlap(run.root, cfg2, progress=False)
     assert third["done"] == 1 and third["galleries"]["celebs"]["sequences"] == 0
     kept = read_table(run.dataset / "sequences" / f"{VIDEO}.parquet", SEQUENCES)
@@ -221,7 +224,7 @@ def test_threshold_per_gallery_decides(tmp_path, galleries):
 def test_per_face_search_removes_single_matching_faces(tmp_path, galleries):
     celebs, optout = galleries
     run = make_run(tmp_path / "run")
-    cfg = OverlapConfig(galleries=[str(celebs)], thresholds=[0.9], per_face=True)
+    cfg = OverlapConfig(galleries=[str(celebs)], thresholds=[0.9], per_face=True, score="cosine")
     run_dedup_overlap(run.root, cfg, progress=False)
     rem = read_table(run.dedup_overlap.table_path("removals", VIDEO), REMOVALS).to_pylist()
     face_rows = [r for r in rem if r["scope"] == "face"]
@@ -279,11 +282,20 @@ def test_a_damaged_video_fails_alone(tmp_path, galleries, allow_error_logs):
 def test_dedup_overlap_cli(tmp_path, galleries, allow_error_logs):
     celebs, optout = galleries
     run = make_run(tmp_path / "run")
-    args = ["dedup-overlap", str(run.root), "--gallery", str(celebs), "--gallery", f"opt={optout}"]
+    args = [
+        "dedup-overlap",
+        str(run.root),
+        "--gallery",
+        str(celebs),
+        "--gallery",
+        f"opt={optout}",
+        "--score",
+        "cosine",
+    ]
     res = CliRunner().invoke(cli, [*args, "--threshold", "0.5", "--threshold", "0.9"])
     assert res.exit_code == 0, res.output
-    assert "gallery celebs (threshold 0.500): removed 1 sequences, 4 faces" in res.output
-    assert "gallery opt (threshold 0.900): removed 1 sequences, 3 faces" in res.output
+    assert "gallery celebs (1 identities, cosine score, keep below 0.500" in res.output
+    assert "removed 1 sequences, 4 faces" in res.output and "removed 1 sequences, 3 faces" in res.output
     assert (run.root / "config.toml").exists()
     res = CliRunner().invoke(cli, [*args, "--threshold", "0.5", "--threshold", "0.9", "--threshold", "0.1"])
     assert res.exit_code == 2 and "3 thresholds for 2 galleries" in res.output

@@ -16,7 +16,9 @@ from .common import (
 
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--model", default=None, help="Embedder: facenet | seqface.")
+@click.option(
+    "--model", default=None, help="Embedder: facenet | seqface | onnx:PATH (insightface convention)."
+)
 @click.option("--weights", default=None, help="Weights file (default: the model's offline default).")
 @device_option
 @click.option("--batch-size", type=int, default=None, help="Crops per forward pass.")

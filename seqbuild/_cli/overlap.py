@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..overlap.search import INDEX_KINDS
 from .common import (
     config_options,
     flags_layer,
@@ -28,9 +29,30 @@ from .common import (
     help="Gallery (built, an image folder, train.rec, features); NAME=PATH names it; repeatable.",
 )
 @click.option(
-    "--threshold", "thresholds", type=float, multiple=True, help="Cosine threshold per gallery, in order."
+    "--threshold",
+    "thresholds",
+    type=float,
+    multiple=True,
+    help="Fixed threshold per gallery on the --score scale, in order (default: calibrated for --fpir).",
 )
-@click.option("--index", type=click.Choice(["flat", "ivf"]), default=None, help="FAISS index kind.")
+@click.option(
+    "--score", type=click.Choice(["csls", "cosine", "vote", "snorm"]), default=None, help="Identity score."
+)
+@click.option("--fpir", type=float, default=None, help="Target false-positive identification rate.")
+@click.option(
+    "--review",
+    type=click.Choice(["remove", "keep"]),
+    default=None,
+    help="What happens to review sequences nobody decided on.",
+)
+@click.option(
+    "--decisions",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CSV of a person's decisions: seq_id,decision (keep|remove)[,decided_by].",
+)
+@click.option("--decided-by", default=None, help="Who made the decisions (when the file does not say).")
+@click.option("--index", type=click.Choice(INDEX_KINDS), default=None, help="FAISS index kind.")
 @click.option(
     "--per-face", is_flag=True, default=None, help="Also search every face, not only sequence centres."
 )
@@ -48,9 +70,15 @@ def dedup_overlap(run, config_path, sets, log_level, no_progress, wait, **flags)
     flags["thresholds"] = list(flags["thresholds"]) or None
     summary = run_stage_command("dedup_overlap", run, config_path, sets, log_level, no_progress, wait, flags)
     for name, g in summary.get("galleries", {}).items():
+        fpir = "" if g.get("fpir") is None else f", estimated FPIR {g['fpir']:.2g}"
         click.echo(
-            f"  gallery {name} (threshold {g['threshold']:.3f}): removed {g['sequences']} sequences, {g['faces']} faces"
+            f"  gallery {name} ({g['identities']} identities, {g['score']} score, keep below"
+            f" {g['threshold']:.3f}{fpir}, review below {g['confident_threshold']:.3f}, {g['calibration']}):"
+            f" removed {g['sequences']} sequences, {g['faces']} faces; review {g['review']}"
+            f" ({g['review_kept']} kept), decided by a person {g['by_person']}"
         )
+    for line in summary.get("warnings", []):
+        click.echo(f"warning: {line}", err=True)
 
 
 @click.group()
@@ -69,7 +97,7 @@ def gallery() -> None:
 @click.option("--weights", default=None, help="Embedder weights file.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--detector", default=None, help="Face detector for the photos.")
-@click.option("--index", type=click.Choice(["flat", "ivf"]), default=None, help="FAISS index kind.")
+@click.option("--index", type=click.Choice(INDEX_KINDS), default=None, help="FAISS index kind.")
 @click.option(
     "--dominant-ratio",
     type=float,

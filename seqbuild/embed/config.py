@@ -11,7 +11,10 @@ from ..config import option
 class EmbedConfig:
     """Options of `seqbuild embed`."""
 
-    model: str = option("facenet", "embedder, by registry name (facenet | seqface)")
+    model: str = option(
+        "facenet",
+        "embedder, by registry name (facenet | seqface) or onnx:PATH (an insightface-style ONNX model)",
+    )
     weights: str = option("", "weights file; empty = the model's default (offline FaceNet for facenet)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N", affects_output=False)
     batch_size: int = option(

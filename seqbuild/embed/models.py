@@ -9,6 +9,9 @@ else one download attempt that fails fast offline and falls through); by default
 ``seqface``: a backbone trained by ``seqbuild train`` (a checkpoint file), fed the 128x128 centre crop of
 the aligned 144x144 crop, standardised as (x - 127.5) / 128.
 
+``onnx``: a recognition model in insightface's convention, ``onnx:PATH``
+(:mod:`seqbuild.embed.onnx_embedder`), on the ArcFace 112 crop derived from the stored crop.
+
 Each embedder carries ``same_identity_threshold``: the cosine similarity above which two faces are taken
 for the same person, measured on real faces by ``benchmarks/bench_embed.py`` (docs/benchmarks.md).
 """
@@ -66,11 +69,20 @@ class Embedder:
         raise NotImplementedError
 
 
+def split_model(model: str) -> tuple[str, str]:
+    """``onnx:PATH`` -> (``onnx``, ``PATH``); a plain registry name -> (name, "")."""
+    name, _, arg = str(model).partition(":")
+    return name, arg
+
+
 def create_embedder(
     name: str = "facenet", weights: str = "", device: str = "auto", **kwargs: Any
 ) -> Embedder:
-    """The embedder registered as ``name``."""
-    return EMBEDDERS.create(name, weights=weights, device=device, **kwargs)
+    """The embedder registered as ``name``; ``NAME:PATH`` (``onnx:model.onnx``) gives the weights inline."""
+    base, inline = split_model(name)
+    if inline and weights and weights != inline:
+        raise InputError(f"model {name!r} names its weights; --weights {weights!r} would contradict it")
+    return EMBEDDERS.create(base, weights=inline or weights, device=device, **kwargs)
 
 
 def model_id(embedder: Embedder) -> str:
@@ -83,7 +95,8 @@ def model_id(embedder: Embedder) -> str:
 
 
 def model_name(model: str) -> str:
-    """The registry name in a model id (``facenet`` of ``facenet@1a2b/fixed-160/sphereface144``)."""
+    """The registry name in a model id or spec (``facenet`` of ``facenet@1a2b/fixed-160/sphereface144``,
+    ``onnx`` of ``onnx:/models/w600k_r50.onnx``)."""
     return model.split("@", 1)[0].split(":", 1)[0]
 
 
@@ -349,19 +362,26 @@ class SeqFaceEmbedder(TorchEmbedder):
         model = load_backbone_for_inference(weights, dev)
         self.weights = weights
         self.crop_size = int(getattr(model, "crop_size", 128))
+        self.image_size = int(getattr(model, "image_size", 144))
         self.input_size = self.crop_size
         # SeqFace models are trained on (x - 127.5) / 128 of the centre crop, never on prewhitened crops.
         super().__init__(model, dev, batch_size, "fixed", precision)
-        self.input_spec = f"fixed-centre{self.crop_size}"
+        canvas = "" if self.image_size == 144 else f"{self.image_size}-"
+        self.input_spec = f"fixed-{canvas}centre{self.crop_size}"
         torch = self._torch
         with torch.inference_mode():  # the embedding size is whatever the trained backbone outputs
             x = torch.zeros((1, 3, self.crop_size, self.crop_size), device=dev, dtype=self._dtype)
             self.dim = int(self.model(x.contiguous(memory_format=self._layout)).shape[1])
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
-        """Centre ``crop_size`` square of each crop (what training sees), standardised, NCHW."""
+        """Each crop resized to the training ``image_size``, then its centre ``crop_size`` square (what
+        training and `seqbuild eval` see), standardised, NCHW."""
+        batch = _resize_batch(batch, self.image_size)
         h, w = batch.shape[1:3]
         if h > self.crop_size and w > self.crop_size:
             top, left = (h - self.crop_size) // 2, (w - self.crop_size) // 2
             batch = batch[:, top : top + self.crop_size, left : left + self.crop_size]
         return super().prepare(batch)
+
+
+from . import onnx_embedder as _onnx_embedder  # noqa: E402,F401  (registers ``onnx``)

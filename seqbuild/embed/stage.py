@@ -119,6 +119,8 @@ def run_embed(
     """Embed every video that track completed; resumable."""
     rundir = RunDir(run)
     videos = rundir.require("track", "embed").done_shards()
+    if videos and cfg.model.startswith("onnx"):
+        get_embedder(cfg)  # a bad model file is one error here, not one per video
     summary = StageSummary("embed", videos=len(videos))
     precision = embed_precision(cfg)  # "auto" is hashed as what it means here
     tasks = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import option
+from .search import INDEX_KINDS
 
 
 @dataclass
@@ -18,15 +19,77 @@ class OverlapConfig:
     )
     thresholds: list[float] = option(
         [],
-        "cosine threshold per gallery, in order (one value applies to all); empty = each gallery's own",
-        min=-1.0,
+        "fixed threshold per gallery on the `score` scale, in order (one value applies to all); empty ="
+        " calibrated to each gallery's size for the target `fpir`",
+    )
+    score: str = option(
+        "csls",
+        "identity score: csls (cohort-normalised: hub identities and look-alike sequences discounted) |"
+        " cosine (raw centre cosine) | vote (per-face voting) | snorm (score normalisation)",
+        choices=("csls", "cosine", "vote", "snorm"),
+    )
+    fpir: float = option(
+        0.001,
+        "target false-positive identification rate at the gallery's size: sequences scoring below the"
+        " threshold for it are kept",
+        min=1e-9,
+        max=0.5,
+    )
+    confident_fpir: float = option(
+        1e-5,
+        "at or above the threshold for this FPIR a match is confident (gallery_match); between the two,"
+        " review",
+        min=1e-12,
+        max=0.5,
+    )
+    review: str = option(
+        "remove",
+        "what happens to `review` sequences no person has decided on: remove (a leaked gallery identity"
+        " is the costlier error) | keep",
+        choices=("remove", "keep"),
+    )
+    decisions: str = option(
+        "",
+        "CSV of a person's decisions (seq_id, decision = keep|remove, optional decided_by), applied"
+        " over the automatic ones and recorded in the removals (the decisions themselves, not the path,"
+        " are part of each video's output hash)",
+        affects_output=False,
+    )
+    decided_by: str = option(
+        "", "who made the decisions of a decisions file that has no decided_by column", affects_output=False
+    )
+    calibration: str = option(
+        "robust",
+        "impostor model: robust (the run's median, the larger of the run's and the gallery's robust"
+        " spreads) | tail (adds a generalised Pareto tail when the run has enough scores) | moments",
+        choices=("robust", "tail", "moments"),
+    )
+    min_genuine_share: float = option(
+        0.95,
+        "share of the gallery's own genuine scores a threshold must keep; when none that does reaches the"
+        " target FPIR, a warning says the model cannot do the job at this gallery size",
+        min=0.0,
         max=1.0,
+    )
+    csls_k: int = option(5, "csls: nearest run sequences of an identity that discount it", min=1)
+    csls_query_k: int = option(3, "csls: nearest gallery identities of a sequence that discount it", min=1)
+    vote_share: float = option(
+        0.5, "vote: share of a sequence's faces that must reach the score", min=0.01, max=1.0
+    )
+    candidates: int = option(10, "nearest identities scored per sequence", min=1)
+    cohort_size: int = option(
+        5000,
+        "run sequences (a random sample beyond this) used as the cohort and the impostor sample",
+        min=10,
     )
     input_stage: str = option(
         "clean", "stage whose surviving sequences are searched", choices=("clean", "track")
     )
     index: str = option(
-        "flat", "FAISS index: flat (exact) | ivf (for millions of identities)", choices=("flat", "ivf")
+        "auto",
+        "FAISS index over gallery centres: auto (flat up to 100,000 identities, ivf_sq8 beyond) | flat"
+        " (exact) | ivf (IVF, full vectors) | ivf_sq8 (IVF, 8-bit codes: a quarter of the memory)",
+        choices=INDEX_KINDS,
     )
     nprobe: int = option(32, "IVF cells searched per query", min=1)
     per_face: bool = option(

@@ -38,7 +38,7 @@ from ..ingest.config import IngestConfig
 from ..schema import gallery_identities_schema, gallery_images_schema
 from ..storage import read_table, table_metadata, write_json_atomic, write_table
 from .config import OverlapConfig
-from .search import build_index, group_centres, load_index, normalise, save_index
+from .search import build_index, choose_kind, group_centres, load_index, normalise, save_index
 from .sources import MANIFEST, GalleryItem, iter_source
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 GALLERY_FORMAT = 2
 
 CENTRE_THRESHOLDS: dict[str, float] = {"facenet": 0.45}
-"""Default cosine threshold between a sequence centre and a gallery identity centre, per embedder.
+"""Fallback cosine threshold between a sequence centre and a gallery identity centre, per embedder, used
+only when a run has too few sequences to calibrate its thresholds (:mod:`seqbuild.overlap.decide`).
 
 facenet 0.45, from benchmarks/bench_overlap.py (docs/benchmarks.md), with FaceNet's "fixed" input
 standardisation (the one the model was trained with) on both sides: the centres of sequences of people
@@ -217,9 +218,9 @@ def default_threshold(model: str, embedder: Any | None = None) -> float:
         return CENTRE_THRESHOLDS[name]
     if embedder is not None and getattr(embedder, "same_identity_threshold", None) is not None:
         return float(embedder.same_identity_threshold)
-    from ..embed.models import create_embedder
+    from ..embed.models import EMBEDDERS
 
-    return float(create_embedder(name, weights="", device="cpu").same_identity_threshold)
+    return float(getattr(EMBEDDERS.get(name), "same_identity_threshold", 0.5))
 
 
 def build_options(cfg: OverlapConfig, model: str) -> dict[str, Any]:
@@ -287,8 +288,10 @@ def build_gallery(
     out = Path(out)
     src_path = Path(src)
     kind, items = iter_source(src_path, identities)
+    # A model id (name@digest/input/alignment) names its registry entry; a spec such as onnx:PATH is kept
+    # whole, since the path is the model.
     model = (
-        model_name(cfg.model)
+        (model_name(cfg.model) if "@" in cfg.model else cfg.model)
         or (getattr(embedder, "name", None) if embedder is not None else None)
         or "facenet"
     )
@@ -402,7 +405,7 @@ def build_gallery(
         "weights": cfg.weights,
         "dim": dim,
         "threshold": float(threshold),
-        "index": "ivf" if cfg.index == "ivf" and len(names) >= 78 else "flat",
+        "index": choose_kind(cfg.index, len(names)),
         "nprobe": cfg.nprobe,
         "options": options,
         "build_hash": build_hash,
@@ -433,14 +436,19 @@ def centres_from_embeddings(
 
 @dataclass
 class Gallery:
-    """A built gallery, loaded for search."""
+    """A built gallery, loaded for search: its identities at once, its centres only when needed.
+
+    Searching needs only the saved index; the centres (4 bytes per dimension per identity, 2 GB for a
+    million 512-d identities) are read when an index must be built from them or when asked for.
+    """
 
     path: Path
     name: str
     manifest: dict[str, Any]
     identities: list[str]
-    centres: np.ndarray
+    _centres: np.ndarray | None = field(default=None, repr=False)
     _indexes: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+    _fingerprint: str = field(default="", repr=False)
 
     @property
     def embedder(self) -> str:
@@ -458,18 +466,36 @@ class Gallery:
         return float(self.manifest["threshold"])
 
     @property
+    def centres(self) -> np.ndarray:
+        """The identity centres, row i for ``identities[i]`` (read on first use, then kept)."""
+        if self._centres is None:
+            self._centres = read_centres(self.path, self.dim)
+        return self._centres
+
+    @property
     def fingerprint(self) -> str:
         """A hash of what the gallery holds, for the config hash of runs that search it."""
-        return (
-            str(self.manifest.get("build_hash", ""))
-            + ":"
-            + hashlib.sha1(self.centres.tobytes()).hexdigest()[:12]
-        )
+        if not self._fingerprint:
+            digest = hashlib.sha1()
+            if self._centres is not None:
+                digest.update(self._centres.tobytes())
+            else:
+                for block in iter_centres(self.path, self.dim):
+                    digest.update(block.tobytes())
+            self._fingerprint = str(self.manifest.get("build_hash", "")) + ":" + digest.hexdigest()[:12]
+        return self._fingerprint
 
-    def index(self, kind: str = "flat", nprobe: int = 32) -> Any:
+    def index_kind(self, kind: str = "auto") -> str:
+        """The concrete index kind ``kind`` means for this gallery's size (see ``search.choose_kind``)."""
+        from .search import choose_kind
+
+        return choose_kind(kind, len(self.identities))
+
+    def index(self, kind: str = "auto", nprobe: int = 32) -> Any:
         """A FAISS index of the centres (the saved one when of the asked kind), on GPU when available."""
-        from .search import index_kind, to_search_device
+        from .search import build_index, build_index_blocks, index_kind, set_nprobe, to_search_device
 
+        kind = self.index_kind(kind)
         key = (kind, nprobe)
         if key not in self._indexes:
             index = None
@@ -478,14 +504,60 @@ class Gallery:
                 saved = load_index(path)
                 if saved.ntotal == len(self.identities) and index_kind(saved) == kind:
                     index = saved
-                    if kind == "ivf":
-                        import faiss
-
-                        faiss.downcast_index(index).nprobe = nprobe
-            if index is None:
-                index = build_index(self.centres, kind=kind, nprobe=nprobe)
+                del saved
+            if index is None and kind != "flat":
+                log.warning(
+                    "gallery %s: no saved %s index; building one from its %d centres in this process"
+                    " (`seqbuild gallery build ... --index %s` saves it with the gallery)",
+                    self.name,
+                    kind,
+                    len(self.identities),
+                    kind,
+                )
+            if index is None and self._centres is not None:
+                index = build_index(self._centres, kind=kind, nprobe=nprobe)
+            elif index is None:
+                # Searching needs the index only: the centres stream from the file into it.
+                index = build_index_blocks(
+                    lambda: iter_centres(self.path, self.dim),
+                    len(self.identities),
+                    self.dim,
+                    kind=kind,
+                    nprobe=nprobe,
+                )
+            set_nprobe(index, nprobe)
             self._indexes[key] = to_search_device(index)
         return self._indexes[key]
+
+
+def iter_centres(path: str | os.PathLike[str], dim: int, batch_rows: int = 65536) -> Iterator[np.ndarray]:
+    """The centres of a gallery's identities.parquet as float32 blocks of rows, in file order."""
+    import pyarrow.parquet as pq
+
+    from ..errors import CorruptTableError
+
+    file = Path(path) / "identities.parquet"
+    want = gallery_identities_schema(dim).field("centre").type
+    try:
+        parquet = pq.ParquetFile(file)
+        if parquet.schema_arrow.field("centre").type != want:
+            raise InputError(f"{file}: centres are not {dim}-d float32 vectors")
+        # Row group by row group: iter_batches reads ahead and held the whole file (2.8 GB at 1M x 512).
+        for group in range(parquet.metadata.num_row_groups):
+            table = parquet.read_row_group(group, columns=["centre"])
+            for start in range(0, table.num_rows, batch_rows):
+                part = table.column(0).slice(start, batch_rows).combine_chunks()
+                flat = part.flatten().to_numpy(zero_copy_only=False)
+                yield np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+            del table
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise CorruptTableError(f"{file}: corrupt or truncated Parquet file ({exc})") from exc
+
+
+def read_centres(path: str | os.PathLike[str], dim: int) -> np.ndarray:
+    """All centres of a gallery as one float32 matrix (no per-value Python objects on the way)."""
+    blocks = list(iter_centres(path, dim))
+    return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
 
 
 def is_gallery(path: str | os.PathLike[str]) -> bool:
@@ -506,14 +578,9 @@ def load_gallery(path: str | os.PathLike[str], name: str | None = None) -> Galle
     except ValueError as exc:
         raise InputError(f"{manifest_path}: damaged manifest ({exc})") from None
     dim = int(manifest["dim"])
-    table = read_table(path / "identities.parquet", gallery_identities_schema(dim))
-    centres = np.asarray(table.column("centre").to_pylist(), dtype=np.float32).reshape(-1, dim)
+    table = read_table(path / "identities.parquet", gallery_identities_schema(dim), columns=["identity"])
     return Gallery(
-        path,
-        name or str(manifest.get("name") or path.name),
-        manifest,
-        table.column("identity").to_pylist(),
-        centres,
+        path, name or str(manifest.get("name") or path.name), manifest, table.column(0).to_pylist()
     )
 
 

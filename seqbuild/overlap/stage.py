@@ -1,13 +1,17 @@
 """The dedup-overlap stage: remove sequences whose identity is in a reference gallery, write the dataset.
 
-Two steps, as for every operation that needs all the data: galleries are built first (``gallery build``,
-or on the fly into ``RUN/dedup_overlap/_galleries/``), then each video's sequences are filtered against
-them. A sequence's centre (normalised mean of the normalised embeddings of the faces the input stage
-kept) is searched against every gallery's identity centres (k=1); the sequence is removed when the best
-score reaches that gallery's threshold. With ``per_face``, every remaining face is searched as well and
-faces that match on their own are removed (a track that drifted onto a gallery person for a while).
+Two steps, as for every operation that needs all the data. Step 1 (whole run): galleries are built
+(``gallery build``, or on the fly into ``RUN/dedup_overlap/_galleries/``) and each is calibrated on the
+run (:mod:`seqbuild.overlap.calibrate`): an identity score (``score``, CSLS by default) and thresholds
+for the target false-positive identification rate at the gallery's size. Step 2 (per video): each
+sequence's centre (normalised mean of the normalised embeddings of the faces the input stage kept) is
+scored against every gallery's nearest identities; its best match is a ``gallery_match`` (confident,
+removed), a ``review`` (removed unless ``review = keep``; a person's decisions file overrides either) or
+kept (:mod:`seqbuild.overlap.decide`). With ``per_face``, every remaining face is scored as well, with its
+own calibration (a track that drifted onto a gallery person for a while).
 
-Per video it writes ``RUN/dedup_overlap/{assignments,sequences,removals}`` and the final dataset
+Per video it writes ``RUN/dedup_overlap/{assignments,sequences,removals,matches}`` (``matches``: every
+searched sequence's best match and what was decided) and the final dataset
 ``RUN/dataset/{faces,sequences,removals}`` (the removals of every stage for that video), then marks
 the video done.
 """
@@ -27,14 +31,17 @@ import pyarrow.compute as pc
 from ..config import config_hash, output_hash, to_dict
 from ..driver import StageSummary, VideoTask, drive, process_cached
 from ..embed.models import model_name
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, SeqbuildError
 from ..executors import Executor
 from ..layout import RunDir
 from ..reasons import removal_rows
 from ..runstate import recorded_config
-from ..schema import ASSIGNMENTS, DETECTIONS, FACES, REMOVALS, SEQUENCES
+from ..schema import ASSIGNMENTS, DETECTIONS, FACES, MATCHES, REMOVALS, SEQUENCES
 from ..storage import ShardStore, read_table, read_tables, safe_name, write_table
+from .calibrate import calibrate_run, gallery_scorer, load_calibration
 from .config import OverlapConfig
+from .decide import Calibration, GalleryScorer
+from .decisions import check_known, decisions_hash, read_decisions
 from .gallery import Gallery, build_gallery, is_gallery, load_gallery, same_model
 from .search import load_index, normalise, search
 from .sources import source_fingerprint
@@ -47,12 +54,15 @@ _NAME_RE = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 
 @dataclass(frozen=True)
 class GallerySpec:
-    """A gallery to search, with its name and the threshold that applies to it."""
+    """A gallery to search, its fixed threshold (None: calibrated) and its calibration files."""
 
     name: str
     path: str
-    threshold: float
+    threshold: float | None
     fingerprint: str = ""
+    calibration: str = ""
+    face_calibration: str = ""
+    key: str = ""
 
 
 def parse_gallery_arg(arg: str) -> tuple[str | None, str]:
@@ -63,8 +73,8 @@ def parse_gallery_arg(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-def thresholds_for(n: int, thresholds: list[float], defaults: list[float]) -> list[float]:
-    """One threshold per gallery: as many as galleries, one for all, or none (each gallery's default)."""
+def thresholds_for(n: int, thresholds: list[float], defaults: list[float | None]) -> list[float | None]:
+    """One threshold per gallery: as many as galleries, one for all, or none (``defaults``)."""
     if not thresholds:
         return list(defaults)
     if len(thresholds) == 1:
@@ -93,8 +103,9 @@ def run_embed_options(run: RunDir) -> dict[str, Any]:
 
 def resolve_galleries(
     run: RunDir, cfg: OverlapConfig, model: str, progress: bool = True
-) -> list[tuple[Gallery, float]]:
-    """Load (or build and cache) each configured gallery; pair it with its threshold."""
+) -> list[tuple[Gallery, float | None]]:
+    """Load (or build and cache) each configured gallery; pair it with its fixed threshold (None:
+    calibrated on the run)."""
     if not cfg.galleries:
         raise ConfigError("dedup_overlap.galleries: no gallery given (--gallery PATH, repeatable)")
     loaded: list[Gallery] = []
@@ -150,7 +161,7 @@ def resolve_galleries(
         raise ConfigError(
             f"dedup_overlap.galleries: two galleries share a name ({names}); name them NAME=PATH"
         )
-    thresholds = thresholds_for(len(loaded), cfg.thresholds, [g.threshold for g in loaded])
+    thresholds = thresholds_for(len(loaded), cfg.thresholds, [None] * len(loaded))
     return list(zip(loaded, thresholds, strict=True))
 
 
@@ -176,30 +187,113 @@ def _gallery(spec: GallerySpec) -> Gallery:
 
 
 @dataclass
+class GalleryDecider:
+    """One gallery with its scorer and the calibration(s) that decide on its matches."""
+
+    gallery: Gallery
+    scorer: GalleryScorer
+    calibration: Calibration
+    face_scorer: GalleryScorer | None = None
+    face_calibration: Calibration | None = None
+
+
+def gallery_decider(spec: GallerySpec, cfg: OverlapConfig) -> GalleryDecider:
+    """The decider of a gallery from its saved calibration (made once per process)."""
+
+    def make() -> GalleryDecider:
+        gallery = _gallery(spec)
+        cal, stats, _ = load_calibration(spec.calibration)
+        decider = GalleryDecider(gallery, gallery_scorer(gallery, cfg, cal.score, stats), cal)
+        if spec.face_calibration:
+            fcal, fstats, _ = load_calibration(spec.face_calibration)
+            decider.face_scorer = gallery_scorer(gallery, cfg, fcal.score, fstats)
+            decider.face_calibration = fcal
+        return decider
+
+    return process_cached(("decider", spec.calibration, spec.key, spec.face_calibration), make)
+
+
+@dataclass
 class Match:
-    """The best gallery match of one query."""
+    """The best gallery match of one query and the automatic outcome."""
 
     gallery: str
     identity: str
     score: float
     threshold: float
+    """The threshold the outcome rests on: the confident one for a gallery_match, else the kept one."""
+    outcome: str
+    fpir: float | None
+    calibration: Calibration
+
+    @property
+    def rank(self) -> tuple[int, float]:
+        """Orders matches of several galleries: outcome first, then the margin above the kept threshold."""
+        order = {"gallery_match": 2, "review": 1, "kept": 0}[self.outcome]
+        return order, self.score - self.calibration.threshold
+
+
+@dataclass
+class GalleryScores:
+    """Every query's best identity in one gallery: its row in ``gallery.identities`` (-1: none) and score."""
+
+    gallery: Gallery
+    threshold: float
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def identity(self, i: int) -> str | None:
+        """The best identity of query ``i`` (None when the gallery is empty)."""
+        j = int(self.ids[i])
+        return self.gallery.identities[j] if j >= 0 else None
+
+
+def gallery_scores(
+    vectors: np.ndarray, galleries: list[tuple[Gallery, float]], kind: str, nprobe: int
+) -> list[GalleryScores]:
+    """Per gallery: each query vector's best identity and score, whatever the threshold (k=1 search
+    through the gallery's index of ``kind``, chosen by size for ``auto``)."""
+    out = []
+    for gallery, threshold in galleries:
+        scores, ids = search(gallery.index(kind, nprobe), vectors, k=1)
+        out.append(GalleryScores(gallery, threshold, ids[:, 0], scores[:, 0]))
+    return out
 
 
 def best_matches(
-    vectors: np.ndarray, galleries: list[tuple[Gallery, float]], kind: str, nprobe: int
+    vectors: np.ndarray,
+    galleries: list[GalleryDecider],
+    faces: list[np.ndarray] | None = None,
+    per_face: bool = False,
 ) -> list[Match | None]:
-    """Per query vector: the match with the largest score among galleries whose threshold it reaches."""
+    """Per query vector (sequence centres, or single faces with ``per_face``): its best gallery match
+    and outcome among the galleries (None when no gallery has a candidate)."""
     out: list[Match | None] = [None] * len(vectors)
     if len(vectors) == 0:
         return out
-    for gallery, threshold in galleries:
-        scores, ids = search(gallery.index(kind, nprobe), vectors, k=1)
+    for decider in galleries:
+        scorer = decider.face_scorer if per_face else decider.scorer
+        cal = decider.face_calibration if per_face else decider.calibration
+        if scorer is None or cal is None:
+            continue
+        scores, rows = scorer.best(vectors, faces if not per_face else [v[None] for v in vectors])
         for i in range(len(vectors)):
-            s, j = float(scores[i, 0]), int(ids[i, 0])
-            if j < 0 or s < threshold:
+            s, j = float(scores[i]), int(rows[i])
+            if j < 0 or not np.isfinite(s):
                 continue
-            if out[i] is None or s > out[i].score:
-                out[i] = Match(gallery.name, gallery.identities[j], s, threshold)
+            outcome = cal.outcome(s)
+            threshold = cal.confident_threshold if outcome == "gallery_match" else cal.threshold
+            m = Match(
+                decider.gallery.name,
+                decider.gallery.identities[j],
+                s,
+                threshold,
+                outcome,
+                cal.fpir(threshold),
+                cal,
+            )
+            if out[i] is None or m.rank > out[i].rank:
+                out[i] = m
     return out
 
 
@@ -213,20 +307,63 @@ def sequence_centres(seq_ids: list[str], vectors: np.ndarray) -> tuple[list[str]
     return [str(k) for k in keys], normalise(sums)
 
 
-def _removals(video: str, seq: str, faces: list[str], m: Match, scope: str) -> list[dict[str, Any]]:
+def _removals(
+    video: str, seq: str, faces: list[str], m: Match, scope: str, decided_by: str
+) -> list[dict[str, Any]]:
+    reason = "gallery_match" if m.outcome == "gallery_match" else "review"
+    cal = m.calibration
+    detail = f"{cal.score} score; {m.outcome}"
+    if m.outcome == "review" and decided_by == "auto":
+        detail += " removed by dedup_overlap.review = remove"
+    elif m.outcome == "kept":
+        detail += " by the score, removed by the person's decision"
     return removal_rows(
         STAGE,
-        "gallery_match",
+        reason,
         video,
         faces,
         seq_id=seq,
         value=m.score,
         threshold=m.threshold,
+        detail=detail,
         scope=scope,
         gallery=m.gallery,
         identity=m.identity,
-        decided_by="auto",
+        fpir=m.fpir,
+        decided_by=decided_by,
     )
+
+
+def decide_action(m: Match | None, review: str, person: tuple[str, str] | None) -> tuple[bool, str]:
+    """(removed?, who decided) for a query's best match: a person's decision, else the outcome and the
+    review policy."""
+    if person is not None:
+        return person[0] == "remove", person[1]
+    if m is None or m.outcome == "kept":
+        return False, "auto"
+    return m.outcome == "gallery_match" or review == "remove", "auto"
+
+
+def _match_row(
+    video: str, seq: str, face: str | None, n: int, m: Match | None, score_name: str, removed: bool, by: str
+) -> dict[str, Any]:
+    cal = m.calibration if m else None
+    return {
+        "video_id": video,
+        "seq_id": seq,
+        "face_id": face,
+        "n_faces": n,
+        "gallery": m.gallery if m else None,
+        "identity": m.identity if m else None,
+        "score_name": cal.score if cal else score_name,
+        "score": m.score if m else None,
+        "threshold": cal.threshold if cal else None,
+        "confident_threshold": cal.confident_threshold if cal else None,
+        "fpir": m.fpir if m else None,
+        "outcome": m.outcome if m else "kept",
+        "action": "removed" if removed else "kept",
+        "decided_by": by,
+    }
 
 
 def _recount_sequences(seqs: pa.Table, faces: pa.Table) -> pa.Table:
@@ -258,6 +395,7 @@ class DedupOutput:
     sequences: pa.Table
     removals: pa.Table
     counts: dict[str, Any]
+    matches: pa.Table | None = None
 
 
 def embedding_matrix(emb: pa.Table, face_ids: list[str], source: Any = "") -> tuple[list[str], np.ndarray]:
@@ -279,15 +417,18 @@ def dedup_tables(
     seqs: pa.Table,
     emb: pa.Table,
     det: pa.Table,
-    galleries: list[tuple[Gallery, float]],
+    galleries: list[GalleryDecider],
     cfg: OverlapConfig,
+    decisions: dict[str, tuple[str, str]] | None = None,
 ) -> DedupOutput:
-    """Filter one video's sequences against the galleries; no I/O.
+    """Decide on one video's sequences against the galleries; no I/O.
 
     ``emb`` holds the faces' embeddings (face_id, embedding); ``det`` the detection figures of its faces
-    (face_id, frame_idx, pts, det_score, face_size), used to recount sequences that lose single faces.
+    (face_id, frame_idx, pts, det_score, face_size), used to recount sequences that lose single faces;
+    ``decisions`` a person's decisions by seq_id (they override the automatic outcome).
     """
-    dim = galleries[0][0].dim
+    decisions = decisions or {}
+    dim = galleries[0].gallery.dim
     all_faces = assign.column("face_id").to_pylist()
     all_seqs = assign.column("seq_id").to_pylist()
     faces_of: dict[str, list[str]] = {}
@@ -302,28 +443,46 @@ def dedup_tables(
         )
     if len(face_ids) and vectors.shape[1] != dim:
         raise InputError(
-            f"video {video}: {vectors.shape[1]}-d embeddings, but gallery {galleries[0][0].name} is {dim}-d"
+            f"video {video}: {vectors.shape[1]}-d embeddings, but gallery {galleries[0].gallery.name} is {dim}-d"
         )
     seq_of = dict(zip(all_faces, all_seqs, strict=True))
     face_seqs = [seq_of[f] for f in face_ids]
 
     seq_keys, centres = sequence_centres(face_seqs, vectors)
-    seq_match = dict(zip(seq_keys, best_matches(centres, galleries, cfg.index, cfg.nprobe), strict=True))
+    rows_of: dict[str, list[int]] = {}
+    for i, q in enumerate(face_seqs):
+        rows_of.setdefault(q, []).append(i)
+    seq_faces = [normalise(vectors[rows_of[k]]) for k in seq_keys]
+    seq_match = dict(zip(seq_keys, best_matches(centres, galleries, seq_faces), strict=True))
     removals: list[dict[str, Any]] = []
+    matches: list[dict[str, Any]] = []
     removed_seqs: set[str] = set()
+    outcome_of: dict[str, tuple[Match | None, bool]] = {}
     for seq_id in seqs.column("seq_id").to_pylist():
         m = seq_match.get(seq_id)
-        if m is not None:
-            removed_seqs.add(seq_id)
-            removals += _removals(video, seq_id, faces_of.get(seq_id, []), m, "sequence")
+        removed, by = decide_action(m, cfg.review, decisions.get(seq_id))
+        outcome_of[seq_id] = (m, removed)
+        matches.append(
+            _match_row(video, seq_id, None, len(faces_of.get(seq_id, [])), m, cfg.score, removed, by)
+        )
+        if not removed:
+            continue
+        removed_seqs.add(seq_id)
+        if m is None:  # a person removed a sequence no gallery scored: recorded as their review
+            raise InputError(f"sequence {seq_id}: no gallery candidate to record a removal against")
+        if m.outcome == "kept":
+            m = Match(m.gallery, m.identity, m.score, m.calibration.threshold, "kept", m.fpir, m.calibration)
+        removals += _removals(video, seq_id, faces_of.get(seq_id, []), m, "sequence", by)
     removed_faces: set[str] = set()
     if cfg.per_face and len(face_ids):
-        keep_rows = [i for i, q in enumerate(face_seqs) if q not in removed_seqs]
-        matches = best_matches(vectors[keep_rows], galleries, cfg.index, cfg.nprobe)
-        for i, m in zip(keep_rows, matches, strict=True):
-            if m is not None:
+        keep_rows = [i for i, q in enumerate(face_seqs) if q not in removed_seqs and q not in decisions]
+        found = best_matches(vectors[keep_rows], galleries, per_face=True)
+        for i, m in zip(keep_rows, found, strict=True):
+            removed, by = decide_action(m, cfg.review, None)
+            if removed:
                 removed_faces.add(face_ids[i])
-                removals += _removals(video, face_seqs[i], [face_ids[i]], m, "face")
+                removals += _removals(video, face_seqs[i], [face_ids[i]], m, "face", by)
+                matches.append(_match_row(video, face_seqs[i], face_ids[i], 1, m, cfg.score, True, by))
 
     gone_seqs = pa.array(sorted(removed_seqs), pa.string())
     keep = pc.invert(pc.is_in(assign.column("seq_id"), gone_seqs))
@@ -337,11 +496,20 @@ def dedup_tables(
         kept_det = det.join(kept_assign.select(["face_id", "seq_id"]), keys="face_id", join_type="inner")
         kept_seqs = _recount_sequences(kept_seqs, kept_det)
 
-    per_gallery: dict[str, dict[str, int]] = {g.name: {"sequences": 0, "faces": 0} for g, _ in galleries}
+    per_gallery: dict[str, dict[str, int]] = {
+        d.gallery.name: {"sequences": 0, "faces": 0, "review": 0, "review_kept": 0, "by_person": 0}
+        for d in galleries
+    }
     for r in removals:
         per_gallery[r["gallery"]]["faces"] += 1
-    for seq_id in removed_seqs:
-        per_gallery[seq_match[seq_id].gallery]["sequences"] += 1
+    for seq_id, (m, removed) in outcome_of.items():
+        if m is None:
+            continue
+        g = per_gallery[m.gallery]
+        g["sequences"] += int(removed)
+        g["review"] += int(m.outcome == "review")
+        g["review_kept"] += int(m.outcome == "review" and not removed)
+        g["by_person"] += int(seq_id in decisions)
     counts = {
         "sequences_in": seqs.num_rows,
         "sequences_kept": kept_seqs.num_rows,
@@ -349,7 +517,13 @@ def dedup_tables(
         "faces_kept": kept_assign.num_rows,
         "galleries": per_gallery,
     }
-    return DedupOutput(kept_assign, kept_seqs, pa.Table.from_pylist(removals, schema=REMOVALS), counts)
+    return DedupOutput(
+        kept_assign,
+        kept_seqs,
+        pa.Table.from_pylist(removals, schema=REMOVALS),
+        counts,
+        pa.Table.from_pylist(matches, schema=MATCHES),
+    )
 
 
 def dedup_video(task: VideoTask) -> dict[str, Any]:
@@ -358,7 +532,7 @@ def dedup_video(task: VideoTask) -> dict[str, Any]:
     video = task.video
     cfg: OverlapConfig = task.cfg
     src = run.stage(cfg.input_stage)
-    galleries = [(_gallery(spec), spec.threshold) for spec in task.params["galleries"]]
+    galleries = [gallery_decider(spec, cfg) for spec in task.params["galleries"]]
     assign = read_table(src.table_path("assignments", video), ASSIGNMENTS)
     seqs = read_table(src.table_path("sequences", video), SEQUENCES)
     emb_path = run.embed.table_path("embeddings", video)
@@ -370,8 +544,9 @@ def dedup_video(task: VideoTask) -> dict[str, Any]:
         DETECTIONS,
         columns=["face_id", "frame_idx", "pts", "det_score", "face_size"],
     )
-    out = dedup_tables(video, assign, seqs, emb, det, galleries, cfg)
+    out = dedup_tables(video, assign, seqs, emb, det, galleries, cfg, task.params.get("decisions"))
     store, h = run.dedup_overlap, task.key
+    write_table(store.table_path("matches", video), out.matches, MATCHES, "matches", h)
     write_table(store.table_path("assignments", video), out.assignments, ASSIGNMENTS, "assignments", h)
     write_table(store.table_path("sequences", video), out.sequences, SEQUENCES, "sequences", h)
     write_table(store.table_path("removals", video), out.removals, REMOVALS, "removals", h)
@@ -402,6 +577,8 @@ def check_inputs(run: str | Path, cfg: OverlapConfig) -> None:
     rd = RunDir(run)
     rd.require(cfg.input_stage, STAGE)
     rd.require("embed", STAGE)
+    if cfg.decisions:
+        read_decisions(cfg.decisions, cfg.decided_by)
     resolve_galleries(rd, cfg, run_embedder_name(rd), progress=False)
 
 
@@ -413,23 +590,67 @@ def run_dedup_overlap(
     src: ShardStore = rd.require(cfg.input_stage, STAGE)
     rd.require("embed", STAGE)
     model = run_embedder_name(rd)
+    decisions = read_decisions(cfg.decisions, cfg.decided_by) if cfg.decisions else {}
     resolved = resolve_galleries(rd, cfg, model, progress)
-    specs = tuple(GallerySpec(g.name, str(g.path), float(t), g.fingerprint) for g, t in resolved)
     videos = src.done_shards()
-    summary = StageSummary(STAGE, videos=len(videos))
-    summary.details["galleries"] = {
-        s.name: {"threshold": s.threshold, "sequences": 0, "faces": 0, "path": s.path} for s in specs
+    upstream = {
+        v: [src.marker(v).get("config_hash", ""), rd.embed.marker(v).get("config_hash", "")] for v in videos
     }
+    calibrated, known = calibrate_run(rd, cfg, resolved, model, videos, upstream)
+    if decisions:
+        check_known(decisions, known, cfg.decisions)
+    specs = tuple(
+        GallerySpec(
+            g.name,
+            str(g.path),
+            t,
+            g.fingerprint,
+            calibrated[g.name]["calibration"],
+            calibrated[g.name]["face_calibration"],
+            calibrated[g.name]["key"],
+        )
+        for g, t in resolved
+    )
+    summary = StageSummary(STAGE, videos=len(videos))
+    for spec in specs:
+        cal = load_calibration(spec.calibration)[0]
+        summary.details.setdefault("galleries", {})[spec.name] = {
+            "identities": cal.gallery_size,
+            "score": cal.score,
+            "threshold": round(cal.threshold, 4),
+            "confident_threshold": round(cal.confident_threshold, 4),
+            "fpir": cal.fpir_at_threshold,
+            "calibration": cal.source,
+            "sequences": 0,
+            "faces": 0,
+            "review": 0,
+            "review_kept": 0,
+            "by_person": 0,
+            "path": spec.path,
+        }
+        if cal.warning:
+            summary.details.setdefault("warnings", []).append(cal.warning)
+    mine_all: dict[str, set[str]] = {}
+    if decisions:
+        for video in videos:
+            try:
+                seqs = read_table(src.table_path("sequences", video), columns=["seq_id"])
+            except (SeqbuildError, OSError):
+                continue  # fails on its own below
+            mine_all[video] = set(seqs.column("seq_id").to_pylist())
     tasks = []
     for video in videos:
+        seq_ids = sorted(mine_all.get(video, ()))
+        mine = {s: decisions[s] for s in seq_ids if s in decisions}
         key = output_hash(
             cfg,
             upstream=src.marker(video).get("config_hash", ""),
-            galleries=[(s.name, s.threshold, s.fingerprint) for s in specs],
+            galleries=[(s.name, s.threshold, s.fingerprint, s.key) for s in specs],
+            decisions=decisions_hash(decisions, seq_ids),
         )
         if rd.dedup_overlap.is_done(video, key):
             summary.skipped += 1
             continue
         rd.dedup_overlap.clear(video)
-        tasks.append(VideoTask(str(rd.root), video, key, cfg, {"galleries": specs}))
+        tasks.append(VideoTask(str(rd.root), video, key, cfg, {"galleries": specs, "decisions": mine}))
     return drive(summary, tasks, dedup_video, executor, cfg.workers, progress)

@@ -283,10 +283,12 @@ def plot_distributions(stats: FaceStats) -> dict[str, bytes]:
 
 @dataclass
 class SheetRow:
-    """One row of a contact sheet: a label and the faces to show (video_id, face_id)."""
+    """One row of a contact sheet: a label, the faces to show (video_id, face_id) and, after a gap,
+    other pictures (a gallery identity's photos beside a sequence to review)."""
 
     label: str
     faces: list[tuple[str, str]]
+    extra: list[np.ndarray] = field(default_factory=list)
 
 
 def _spread(items: list, k: int) -> list:
@@ -321,12 +323,15 @@ def fetch_crops(run: RunDir, faces: list[tuple[str, str]]) -> dict[str, np.ndarr
 
 
 def render_sheet(rows: list[SheetRow], crops: dict[str, np.ndarray], per_row: int) -> bytes:
-    """A contact sheet PNG: one row of crops per entry, with its label on the left."""
+    """A contact sheet PNG: one row of crops per entry, with its label on the left (and its extra
+    pictures after a gap)."""
     import cv2
 
     label_w, pad = 300, 4
+    n_extra = max((len(r.extra) for r in rows), default=0)
+    gap = 3 * pad * 4 if n_extra else 0
     height = len(rows) * (CROP + pad) + pad
-    width = label_w + per_row * (CROP + pad) + pad
+    width = label_w + (per_row + n_extra) * (CROP + pad) + pad + gap
     sheet = np.full((height, width, 3), 250, np.uint8)
     for r, row in enumerate(rows):
         y = pad + r * (CROP + pad)
@@ -348,6 +353,11 @@ def render_sheet(rows: list[SheetRow], crops: dict[str, np.ndarray], per_row: in
                 sheet[y : y + CROP, x : x + CROP] = 200
                 continue
             sheet[y : y + CROP, x : x + CROP] = cv2.resize(crop, (CROP, CROP), interpolation=cv2.INTER_AREA)
+        for c, picture in enumerate(row.extra):
+            x = label_w + pad + (per_row + c) * (CROP + pad) + gap
+            sheet[y : y + CROP, x : x + CROP] = cv2.resize(
+                picture, (CROP, CROP), interpolation=cv2.INTER_AREA
+            )
     ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("PNG encoding failed")
@@ -452,6 +462,99 @@ def contact_sheets(
     return {key: (titles[key], render_sheet(rows, crops, per_row)) for key, rows in sheets.items() if rows}
 
 
+REPORT_SIZES = (6, 100, 5749, 85742)
+"""Gallery sizes at which the report gives each calibration's modelled FPIR (an opt-out list, a
+hundred, LFW, MS1M-v2)."""
+
+
+def identity_decisions(run: RunDir) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The calibrations of dedup-overlap: (warnings, a row per gallery, modelled FPIR at other sizes)."""
+    from ..overlap.calibrate import read_calibrations
+    from ..overlap.decide import Calibration, fpir_table
+
+    warnings, rows, sizes = [], [], []
+    for data in read_calibrations(run):
+        data = {k: v for k, v in data.items() if k not in ("key", "gallery_path")}
+        try:
+            cal = Calibration.from_dict(data)
+        except TypeError:
+            continue
+        if cal.warning:
+            warnings.append(cal.warning)
+        rows.append(
+            {
+                "gallery": cal.gallery,
+                "identities": cal.gallery_size,
+                "score": cal.score,
+                "calibration": cal.source,
+                "sequences": cal.n_sequences,
+                "kept below": cal.threshold,
+                "review below": cal.confident_threshold,
+                "target FPIR": cal.target_fpir,
+                "estimated FPIR": cal.fpir_at_threshold,
+                "genuine kept": cal.genuine.get("kept"),
+                "model": cal.model,
+            }
+        )
+        for r in fpir_table(cal, REPORT_SIZES):
+            sizes.append({"gallery": cal.gallery, **r})
+    return warnings, rows, sizes
+
+
+def _gallery_photos(path: str, identity: str, k: int = 3) -> list[np.ndarray]:
+    """Up to ``k`` photos of a gallery identity, squared around their centre (none for features sources)."""
+    from ..overlap.gallery import read_gallery_images
+
+    try:
+        table = read_gallery_images(path).to_pydict()
+    except Exception:  # a moved or damaged gallery: the sheet shows the sequence alone
+        return []
+    out = []
+    for name, source, status in zip(table["identity"], table["source"], table["status"], strict=True):
+        if name != identity or status != "ok" or len(out) >= k:
+            continue
+        try:
+            img = decode_jpeg(Path(source).read_bytes())
+        except (OSError, ValueError):
+            continue
+        h, w = img.shape[:2]
+        side = min(h, w)
+        out.append(img[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2])
+    return out
+
+
+def review_sheet(run: RunDir, per_row: int = 8, limit: int = 40) -> bytes | None:
+    """Each ``review`` sequence (or one a person decided on) beside the gallery identity's photos."""
+    import pyarrow.compute as pc
+
+    from ..overlap.calibrate import read_calibrations
+
+    paths = {c.get("gallery"): c.get("gallery_path", "") for c in read_calibrations(run)}
+    wanted = []
+    for path in run.dedup_overlap.paths("matches"):
+        t = read_table(path)
+        t = t.filter(
+            pc.or_(pc.equal(t.column("outcome"), "review"), pc.not_equal(t.column("decided_by"), "auto"))
+        )
+        wanted += [r for r in t.to_pylist() if r["face_id"] is None]
+    if not wanted:
+        return None
+    wanted = sorted(wanted, key=lambda r: -(r["score"] or 0))[:limit]
+    members = sequence_members(run, {r["seq_id"] for r in wanted})
+    rows = []
+    for r in wanted:
+        who = "" if r["decided_by"] == "auto" else f" by {r['decided_by']}"
+        label = (
+            f"{r['seq_id']}: {r['outcome']}, {r['action']}{who}; {r['score_name']} {_fmt(r['score'])}"
+            f" (keep < {_fmt(r['threshold'])}, confident >= {_fmt(r['confident_threshold'])}) vs"
+            f" {r['gallery']}/{r['identity']} (right)"
+        )
+        faces = [(v, f) for v, f, _ in _spread(members.get(r["seq_id"], []), per_row)]
+        rows.append(SheetRow(label, faces, _gallery_photos(paths.get(r["gallery"], ""), r["identity"])))
+    crops = fetch_crops(run, [f for row in rows for f in row.faces])
+    return render_sheet(rows, crops, per_row)
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -491,6 +594,7 @@ table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;pad
 th{background:#eef}td:first-child,th:first-child{text-align:left}h1{margin-top:0}
 .plots img{margin:4px;border:1px solid #ddd}.sheet img{border:1px solid #ddd;max-width:100%}
 pre{background:#f6f6f6;padding:8px;font-size:12px}
+.warning{background:#fff3cd;border:1px solid #e0b000;padding:8px 12px}
 """
 
 
@@ -520,11 +624,40 @@ def write_report(run: str | Path, out: str | Path | None = None, seed: int = 0) 
             continue
         write_bytes_atomic(sheet_path, data)
 
+    warnings, decision_rows, size_rows = identity_decisions(rd)
+    review = review_sheet(rd)
+    if review is not None:
+        write_bytes_atomic(folder / "sheet_review.png", review)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>seqbuild report: {html.escape(str(rd.root))}</title><style>{STYLE}</style></head><body>",
         f"<h1>seqbuild report</h1><p>Run <code>{html.escape(str(rd.root.resolve()))}</code>, "
         f"written {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
+        *(f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>" for w in warnings),
+    ]
+    if decision_rows:
+        parts += [
+            "<h2>Identity decisions (dedup-overlap)</h2>",
+            "<p>Per gallery: the identity score, the thresholds calibrated on this run for the target"
+            " false-positive identification rate (FPIR: the share of people absent from the gallery who"
+            " would be removed) at the gallery's size, and the share of the gallery's own genuine scores"
+            " kept. Below the first threshold a sequence is kept; above the second it is a confident"
+            " gallery match; between, it is for review.</p>",
+            _table_html(decision_rows),
+            "<p>Modelled FPIR of the same threshold, and the threshold the target would need, at other"
+            " gallery sizes:</p>",
+            _table_html(size_rows),
+        ]
+    if review is not None:
+        parts += [
+            "<h2>Sequences to review</h2><p>Each review sequence (and each a person decided on), its"
+            " faces, then the gallery identity's photos. Decide with"
+            " <code>seqbuild dedup-overlap RUN --decisions FILE.csv</code> (seq_id,decision).</p>",
+            "<div class='sheet'>",
+            _img(review, "review"),
+            "</div>",
+        ]
+    parts += [
         "<h2>Counts per stage</h2>",
         _table_html(counts),
         "<h2>Removals per stage and reason</h2>",

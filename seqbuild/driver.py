@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -188,12 +190,33 @@ def drive(
             if errors:
                 count(task.video, {"error": "; ".join(errors)})
             else:
-                count(task.video, guarded(merge, [t for t, _ in done]))  # type: ignore[arg-type]
+                merged = guarded(merge, [t for t, _ in done])  # type: ignore[arg-type]
+                if "error" not in merged:
+                    for _, result in done:  # what the parts counted, then what the merge adds
+                        summary.add(result)
+                count(task.video, merged)
     finally:
         bar.close()
         if own:
             executor.close()
     return summary
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(requested: int, work: float, per_worker: float) -> int:
+    """``requested`` when it is set (> 0); else one worker per usable CPU, but no more than one per
+    ``per_worker`` units of ``work`` (a process pool costs seconds to start: short work stays in
+    this process)."""
+    if requested > 0:
+        return requested
+    return max(1, min(usable_cpus(), math.floor(work / per_worker) if per_worker > 0 else 1))
 
 
 _PROCESS_CACHE: dict[tuple, Any] = {}

@@ -291,3 +291,32 @@ def test_embed_hash_names_the_precision_used(tmp_path, aligned_faces, facenet, m
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     assert stage.embed_precision(EmbedConfig(device="cpu")) == "bf16"
     assert stage.embed_precision(EmbedConfig(device="cpu", precision="fp32")) == "fp32"
+
+
+def test_a_video_embedded_in_parts_gives_the_same_shard(cache, tmp_path, aligned_faces, facenet, monkeypatch):
+    from seqbuild.embed import stage
+
+    cfg = EmbedConfig(device="cpu", batch_size=4)
+    whole = make_run(tmp_path / "whole", aligned_faces, vids=("aaaaaaaaaaaa",))
+    run_embed(whole.root, cfg, progress=False)
+    split = make_run(tmp_path / "split", aligned_faces, vids=("aaaaaaaaaaaa",))
+    seen = []
+    real_drive = stage.drive
+
+    def in_process(summary, tasks, work, executor, workers, progress, merge=None):
+        seen.extend(tasks)
+        return real_drive(summary, tasks, work, executor, 1, progress, merge=merge)
+
+    monkeypatch.setattr(stage, "PART_FACES", 1)
+    monkeypatch.setattr(stage, "auto_workers", lambda *a: 3)  # three workers asked for: three parts
+    monkeypatch.setattr(stage, "drive", in_process)
+    summary = run_embed(split.root, cfg, progress=False)
+    assert [t.parts for t in seen] == [3, 3, 3] and summary["done"] == 1 and summary["faces"] == 4
+    a = read_table(whole.embed.table_path("embeddings", "aaaaaaaaaaaa"))
+    b = read_table(split.embed.table_path("embeddings", "aaaaaaaaaaaa"))
+    assert a.column("face_id").equals(b.column("face_id"))
+    va = np.asarray(a.column("embedding").combine_chunks().flatten().to_numpy()).reshape(4, -1)
+    vb = np.asarray(b.column("embedding").combine_chunks().flatten().to_numpy()).reshape(4, -1)
+    assert np.abs(va - vb).max() < 1e-4
+    assert not (split.embed.root / "_parts" / "aaaaaaaaaaaa").exists()
+    assert run_embed(split.root, cfg, progress=False)["skipped"] == 1  # the merged shard is done

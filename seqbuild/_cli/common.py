@@ -115,7 +115,12 @@ def stage_options(fn: Callable) -> Callable:
     fn = click.option(
         "--wait", is_flag=True, default=False, help="Wait for another command running this stage of RUN."
     )(fn)
-    fn = click.option("--workers", type=int, default=None, help="Videos processed in parallel.")(fn)
+    fn = click.option(
+        "--workers",
+        type=int,
+        default=None,
+        help="Videos (or parts of long ones) processed in parallel; 0 = automatic (the stage's default).",
+    )(fn)
     return log_level_option(config_options(fn))
 
 

@@ -38,7 +38,12 @@ class EmbedConfig:
         "AVX512-BF16), else fp32 | fp32 | bf16 | fp16 (CUDA)",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
-    workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
+    workers: int = option(
+        0,
+        "videos (or parts of videos) embedded in parallel (0 = one per CPU, at most one per 1,000 faces)",
+        min=0,
+        affects_output=False,
+    )
     # As for ingest's MTCNN: two intra-op threads per process gain little over one on a quiet 2-core
     # machine and lose 5-10x on a loaded one (threads waiting for each other at every layer).
     threads: int = option(

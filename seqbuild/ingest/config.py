@@ -50,7 +50,13 @@ class IngestConfig:
     max_transition: int = option(
         48, "longest dissolve or fade half found, in frames (1.9 s at 25 fps)", min=8, max=400
     )
-    workers: int = option(1, "videos (or parts of videos) processed in parallel", min=1, affects_output=False)
+    workers: int = option(
+        0,
+        "videos (or parts of long videos) processed in parallel (0 = one per CPU, at most one per "
+        "minute of video)",
+        min=0,
+        affects_output=False,
+    )
     # Parts own the shots that start in them and are merged into the video's one shard, with the
     # frames, shots and faces a reading of the whole file gives (tests check it; the merge checks that
     # the parts tile the video and reads the file whole otherwise): the output does not change.

@@ -113,9 +113,9 @@ def plan_segments(source: str, count: int, warmup: int) -> list[Segment]:
     return out
 
 
-def segment_counts(cfg: IngestConfig, durations: dict[str, float | None]) -> dict[str, int]:
+def segment_counts(cfg: IngestConfig, durations: dict[str, float | None], workers: int = 1) -> dict[str, int]:
     """Parts per file: ``split_segments`` when set; else enough for parts of at most ``split_minutes``
-    and, with several workers, a share of the workers in proportion to its length (so that one long
+    and, with several ``workers``, a share of them in proportion to its length (so that one long
     file keeps every worker busy), never parts under MIN_SEGMENT_SECONDS."""
     out = {}
     known = {s: d for s, d in durations.items() if d}
@@ -125,8 +125,8 @@ def segment_counts(cfg: IngestConfig, durations: dict[str, float | None]) -> dic
             out[source] = cfg.split_segments
             continue
         n = math.ceil(seconds / (60.0 * cfg.split_minutes)) if cfg.split_minutes > 0 else 1
-        if cfg.workers > 1 and total > 0:
-            n = max(n, math.ceil(cfg.workers * seconds / total - 1e-9))
+        if workers > 1 and total > 0:
+            n = max(n, math.ceil(workers * seconds / total - 1e-9))
         out[source] = max(1, min(n, int(seconds // MIN_SEGMENT_SECONDS)))
     return out
 

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import config_hash, output_hash
-from ..driver import StageSummary, VideoTask, drive, guarded, process_cached
+from ..driver import StageSummary, VideoTask, auto_workers, drive, guarded, process_cached
 from ..errors import InputError, SeqbuildError
 from ..executors import Executor
 from ..imaging import encode_jpeg
@@ -785,7 +785,12 @@ def plan(
 
 
 def split_tasks(
-    run: str | Path, cfg: IngestConfig, todo: list[tuple[str, str]], progress: bool
+    run: str | Path,
+    cfg: IngestConfig,
+    todo: list[tuple[str, str]],
+    progress: bool,
+    durations: dict[str, float | None],
+    workers: int,
 ) -> tuple[list[VideoTask], list[list[VideoTask]]]:
     """The work items for ``todo``: one per source, or one per part of the files that are split (parts
     finished by an earlier, interrupted run are not redone); and the parts of videos that only wait to
@@ -793,7 +798,6 @@ def split_tasks(
     from .segments import (
         discard_segments,
         plan_segments,
-        probe_duration,
         segment_counts,
         segment_key,
         segment_shard,
@@ -801,8 +805,7 @@ def split_tasks(
         warmup_frames,
     )
 
-    files = [s for s, _ in todo if not is_url(s)]
-    counts = segment_counts(cfg, {s: probe_duration(s) for s in files}) if cfg.split_segments != 1 else {}
+    counts = segment_counts(cfg, durations, workers) if cfg.split_segments != 1 else {}
     tasks: list[VideoTask] = []
     ready: list[list[VideoTask]] = []
     for source, key in todo:
@@ -873,7 +876,13 @@ def run_ingest(
         summary.fail(source_id(source), f"{error} (failed in an earlier run; --retry-failed tries it again)")
     if skipped:
         log.info("ingest: %d source(s) already done with this config, skipped", len(skipped))
-    tasks, ready = split_tasks(run, cfg, todo, progress)
+    from .segments import probe_duration
+
+    durations = {s: probe_duration(s) for s, _ in todo if not is_url(s)}
+    workers = auto_workers(cfg.workers, sum(d or 0.0 for d in durations.values()), 60.0)
+    if workers > 1:
+        log.info("ingest: %d workers", workers)
+    tasks, ready = split_tasks(run, cfg, todo, progress, durations, workers)
     for parts in ready:  # every part finished by an earlier run: only the merge is left
         counts = guarded(merge_parts, parts)
         error = counts.pop("error", None)
@@ -882,7 +891,7 @@ def run_ingest(
             summary.fail(parts[0].video, str(error))
         else:
             summary.done += 1
-    drive(summary, tasks, ingest_source, executor, cfg.workers, progress, merge=merge_parts)
+    drive(summary, tasks, ingest_source, executor, workers, progress, merge=merge_parts)
     wall = time.perf_counter() - t0
     summary.counts["wall_seconds"] = round(wall, 3)
     if wall > 0 and summary.counts.get("frames"):

@@ -1,0 +1,90 @@
+"""One long file read in parts from keyframes: the dataset is the one a reading of the whole file makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from seqbuild.driver import auto_workers
+from seqbuild.ingest.config import IngestConfig
+from seqbuild.ingest.segments import (
+    SegmentMismatch,
+    check_tiling,
+    plan_segments,
+    segment_counts,
+    warmup_frames,
+)
+from seqbuild.pipeline.loading import load_pipeline
+from seqbuild.pipeline.run import run_pipeline
+
+
+def chain(run: Path, video: Path, *sets: str) -> None:
+    """ingest, track, embed and clean of ``video`` into ``run`` with the default settings plus ``sets``."""
+    stages = 'run.stages=["ingest", "track", "embed", "clean"]'
+    results = run_pipeline(
+        run, load_pipeline(None, [stages, f'ingest.inputs=["{video}"]', *sets]), progress=False
+    )
+    assert all(r.status == "ran" and not r.failures for r in results), results
+
+
+def tables(run: Path, folder: str) -> pd.DataFrame:
+    """Every Parquet file of ``run/folder`` as one frame, in a stable order."""
+    frames = [pd.read_parquet(f) for f in sorted((run / folder).glob("*.parquet"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@pytest.mark.media
+def test_dev_broadcast_in_four_parts_gives_the_whole_files_dataset(media, tmp_path):
+    video = media / "dev_broadcast.mp4"
+    parts = plan_segments(str(video), 4, warmup_frames(IngestConfig()))
+    assert len(parts) == 4 and sum(p.seek_frame > 0 for p in parts) >= 2  # parts really seek
+    chain(tmp_path / "whole", video, "ingest.split_segments=1", "ingest.workers=1")
+    chain(tmp_path / "parts", video, "ingest.split_segments=4", "ingest.workers=1")
+    for folder in (
+        "ingest/detections",
+        "ingest/shots",
+        "track/sequences",
+        "clean/assignments",
+        "clean/sequences",
+        "clean/removals",
+    ):
+        whole, split = tables(tmp_path / "whole", folder), tables(tmp_path / "parts", folder)
+        assert len(whole) > 0 or folder == "clean/removals"
+        pd.testing.assert_frame_equal(whole, split, obj=folder)
+    videos = [pd.read_parquet(tmp_path / r / "ingest" / "videos") for r in ("whole", "parts")]
+    cols = ["video_id", "status", "frames_read", "frames_detected", "n_faces", "n_shots", "duration"]
+    pd.testing.assert_frame_equal(videos[0][cols], videos[1][cols])
+    left = tmp_path / "parts" / "ingest" / "_segments"
+    assert not left.exists() or not any(left.iterdir())  # parts are removed once merged
+
+
+def test_parts_that_do_not_tile_the_video_are_refused():
+    part = {"first": 0, "end": 100, "first_pts": 0.0, "end_pts": 4.0, "end_of_video": False}
+    gap = {"first": 120, "end": 200, "first_pts": 4.8, "end_pts": None, "end_of_video": True}
+    with pytest.raises(SegmentMismatch, match="begins at frame 120"):
+        check_tiling([part, gap], "v.mp4")
+    shifted = {**gap, "first": 100, "first_pts": 4.04}
+    with pytest.raises(SegmentMismatch, match="pts"):
+        check_tiling([part, shifted], "v.mp4")
+    with pytest.raises(SegmentMismatch, match="end of the video"):
+        check_tiling([part, {**gap, "first": 100, "first_pts": 4.0, "end_of_video": False}], "v.mp4")
+    check_tiling([part, {**gap, "first": 100, "first_pts": 4.0}], "v.mp4")
+
+
+def test_automatic_workers_and_parts_follow_the_length_of_the_work(monkeypatch):
+    monkeypatch.setattr("seqbuild.driver.usable_cpus", lambda: 4)
+    assert auto_workers(3, 10.0, 60.0) == 3  # asked for: kept
+    assert auto_workers(0, 45.0, 60.0) == 1  # under a minute of video: no pool
+    assert auto_workers(0, 150.0, 60.0) == 2
+    assert auto_workers(0, 36_000.0, 60.0) == 4  # never more than the CPUs
+    cfg = IngestConfig()
+    ten_hours, short = 36_000.0, 45.0
+    counts = segment_counts(cfg, {"long.mp4": ten_hours, "short.mp4": short, "url": None}, workers=4)
+    assert counts["short.mp4"] == 1  # never parts under a minute
+    assert counts["long.mp4"] >= 20  # parts of at most 30 minutes, and every worker busy
+    assert "url" not in counts
+    one = segment_counts(cfg, {"a.mp4": 600.0}, workers=2)
+    assert one == {"a.mp4": 2}  # one 10-minute file on two workers: two parts
+    assert segment_counts(IngestConfig(split_segments=3), {"a.mp4": 30.0}) == {"a.mp4": 3}

@@ -51,8 +51,9 @@ def media_dir(arg: str | None) -> Path:
     return path
 
 
-def compose(media: Path, out: Path) -> dict[str, tuple[Path, Path]]:
-    """name -> (video, ground truth) of dev_broadcast and of every spec, composing what is missing."""
+def compose(media: Path, out: Path, names: list[str] | None = None) -> dict[str, tuple[Path, Path]]:
+    """name -> (video, ground truth) of dev_broadcast and of every spec (or those in ``names``),
+    composing what is missing."""
     out.mkdir(parents=True, exist_ok=True)
     tool = media.parent / "tools" / "broadcast.py"
     found = {"dev_broadcast": (media / "dev_broadcast.mp4", media / "dev_broadcast.gt.json")}
@@ -60,6 +61,8 @@ def compose(media: Path, out: Path) -> dict[str, tuple[Path, Path]]:
         if spec_path.name.endswith(".gt.json"):
             continue
         name = spec_path.stem
+        if names is not None and name not in names:
+            continue
         video, gt = out / f"{name}.mp4", out / f"{name}.gt.json"
         if not (video.exists() and gt.exists()):
             spec = json.loads(spec_path.read_text())

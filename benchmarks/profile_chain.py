@@ -34,8 +34,8 @@ PARTS: dict[str, list[str]] = {
     ],
     "full-size RGB of detected frames": ["seqbuild.ingest.decode:Frame.rgb"],
     "MTCNN": ["seqbuild.ingest.detect:MTCNNDetector.detect"],
-    "alignment + quality": ["seqbuild.ingest.stage:align_face", "seqbuild.ingest.stage:face_quality"],
-    "JPEG encode": ["seqbuild.ingest.stage:encode_jpeg"],
+    "alignment + quality": ["seqbuild.ingest.builder:align_face", "seqbuild.ingest.builder:face_quality"],
+    "JPEG encode": ["seqbuild.ingest.builder:encode_jpeg"],
     "Parquet write": [
         "seqbuild.storage:write_table",
         "seqbuild.storage:AppendingTableWriter.write",
@@ -45,7 +45,7 @@ PARTS: dict[str, list[str]] = {
     "JPEG decode (embed)": ["seqbuild.embed.stage:decode_jpeg"],
     "FaceNet forward": ["seqbuild.embed.models:TorchEmbedder.embed"],
     "model loading": [
-        "seqbuild.ingest.stage:cached_detector",
+        "seqbuild.ingest.builder:cached_detector",
         "seqbuild.embed.stage:get_embedder",
     ],
 }
@@ -113,10 +113,10 @@ _DONE = object()
 
 def install(timers: Timers) -> list[str]:
     """Wrap every function of PARTS that exists (and ingest's frame iterator); the refs that were found."""
-    import seqbuild.ingest.stage as ingest_stage
+    import seqbuild.ingest.builder as ingest_stage
 
     ingest_stage.iter_frames = _timed_iter(timers, ingest_stage.iter_frames)
-    found = ["seqbuild.ingest.stage:iter_frames"]
+    found = ["seqbuild.ingest.builder:iter_frames"]
     for label, refs in PARTS.items():
         for ref in refs:
             module_name, attr = ref.split(":")

@@ -288,9 +288,9 @@ def test_a_live_temporary_file_is_never_deleted_by_another_writer(tmp_path):
 
     path = tmp_path / "detections" / "v.parquet"
     first = AppendingTableWriter(path, DETECTIONS, "detections")
-    from seqbuild.ingest.stage import _StreamingTable
+    from seqbuild.ingest.builder import StreamingTable
 
-    second = _StreamingTable(path, DETECTIONS, "detections", "")  # cleans what killed runs left
+    second = StreamingTable(path, DETECTIONS, "detections", "")  # cleans what killed runs left
     assert first.tmp.exists(), "the first writer's temporary file was deleted"
     assert remove_stale_temporaries(tmp_path) == 0
     second.abort()
@@ -444,7 +444,8 @@ def test_an_interrupted_ingest_stops_its_decoding_thread_before_closing_the_vide
 
     from test_ingest_stage import cfg_for, make_video
 
-    from seqbuild.ingest.stage import ShardBuilder, run_ingest
+    from seqbuild.ingest.builder import ShardBuilder
+    from seqbuild.ingest.stage import run_ingest
 
     clip = make_video(tmp_path / "c.mp4", frames=120, cut_at=None)
     if where == "detecting":

@@ -321,8 +321,9 @@ class _Frame:
 
 
 def test_frames_of_a_dissolve_recognised_late_never_reach_the_face_detector(tmp_path):
+    from seqbuild.ingest.builder import ShardBuilder
     from seqbuild.ingest.shots import Transition
-    from seqbuild.ingest.stage import ShardBuilder, ingest_hash
+    from seqbuild.ingest.stage import ingest_hash
 
     cfg = cfg_for(["x.mp4"], detect_every=4, batch_size=4)
     store = RunDir(tmp_path).ingest

@@ -62,7 +62,8 @@ def ingest_stream(task: Any, cfg: IngestConfig, store: ShardStore) -> dict[str, 
     """Ingest a (possibly live) stream URL into committed segments plus the stream's own videos row."""
     import av
 
-    from .stage import ShardBuilder, _summary, failed_row, segment_id, write_video_row
+    from .builder import ShardBuilder, write_video_row
+    from .stage import _summary, failed_row, segment_id
 
     t0 = time.perf_counter()
     stream_id = task.video

@@ -186,7 +186,8 @@ def segment_frames(container: Any, segment: Segment, source: str) -> Iterator[Fr
 
 def ingest_segment(task: VideoTask, cfg: IngestConfig) -> dict[str, Any]:
     """Read one part of a video file into its part shard; its videos row (kind ``segment``)."""
-    from .stage import SegmentWindow, ShardBuilder, _ScanAhead, failed_row
+    from .builder import ScanAhead, SegmentWindow, ShardBuilder
+    from .stage import failed_row
 
     source = task.params["source"]
     seg: Segment = task.params["segment"]
@@ -199,12 +200,12 @@ def ingest_segment(task: VideoTask, cfg: IngestConfig) -> dict[str, Any]:
     except InputError as exc:
         return failed_row(shard, source, "segment", str(exc), time.perf_counter() - t0, task.video)
     builder = None
-    scan: _ScanAhead | None = None
+    scan: ScanAhead | None = None
     try:
         info = video_info(container)
         window = SegmentWindow(seg.start if seg.index else None, seg.end)
         builder = ShardBuilder(task.video, source, cfg, store, part_key, shard=shard, window=window)
-        scan = _ScanAhead(
+        scan = ScanAhead(
             container, builder, depth=2 * cfg.batch_size, frames=segment_frames(container, seg, source)
         )
         with scan as frames:
@@ -276,7 +277,8 @@ def check_tiling(parts: list[dict[str, Any]], source: str) -> None:
 
 def merge_segments(run: str | Path, video: str, source: str, key: str, count: int) -> dict[str, Any]:
     """Write ``video``'s shard from its ``count`` finished parts; its videos row."""
-    from .stage import _period, _StreamingTable, write_video_row
+    from .builder import StreamingTable, write_video_row
+    from .stage import _period
 
     pstore = segment_store(run, video)
     shards = [segment_shard(video, k, count) for k in range(count)]
@@ -284,7 +286,7 @@ def merge_segments(run: str | Path, video: str, source: str, key: str, count: in
     check_tiling(parts, source)
     store = RunDir(run).ingest
     store.clear(video)
-    detections = _StreamingTable(store.table_path("detections", video), DETECTIONS, "detections", key)
+    detections = StreamingTable(store.table_path("detections", video), DETECTIONS, "detections", key)
     shots: list[pa.Table] = []
     offset = 0
     try:
@@ -332,3 +334,64 @@ def merge_segments(run: str | Path, video: str, source: str, key: str, count: in
     write_video_row(store, row, key, write_empty_faces=False)
     discard_segments(run, video)
     return row
+
+
+def split_tasks(
+    run: str | Path,
+    cfg: IngestConfig,
+    todo: list[tuple[str, str]],
+    progress: bool,
+    durations: dict[str, float | None],
+    workers: int,
+) -> tuple[list[VideoTask], list[list[VideoTask]]]:
+    """The work items for ``todo``: one per source, or one per part of the files that are split (parts
+    finished by an earlier, interrupted run are not redone); and the parts of videos that only wait to
+    be merged (every part finished before)."""
+    from .stage import source_id
+
+    counts = segment_counts(cfg, durations, workers) if cfg.split_segments != 1 else {}
+    tasks: list[VideoTask] = []
+    ready: list[list[VideoTask]] = []
+    for source, key in todo:
+        vid = source_id(source)
+        whole = VideoTask(str(run), vid, key, cfg, {"source": source, "progress": progress})
+        segments = []
+        if counts.get(source, 1) > 1:
+            try:
+                segments = plan_segments(source, counts[source], warmup_frames(cfg))
+            except (SeqbuildError, OSError) as exc:
+                log.info("%s: read whole (%s)", source, exc)
+        if not segments:
+            discard_segments(run, vid)
+            tasks.append(whole)
+            continue
+        part_key = segment_key(key, segments)
+        store = segment_store(run, vid)
+        params = {"source": source, "progress": False, "part_key": part_key}
+        parts = [
+            VideoTask(str(run), vid, key, cfg, {**params, "segment": s}, s.index, s.count) for s in segments
+        ]
+        left = [t for t in parts if not store.is_done(segment_shard(vid, t.part, t.parts), part_key)]
+        if left:
+            log.info("%s: read in %d parts (%d left)", source, len(parts), len(left))
+            tasks += left
+        else:
+            ready.append(parts)
+    return tasks, ready
+
+
+def merge_parts(tasks: list[VideoTask]) -> dict[str, Any]:
+    """Merge the parts of one video into its shard (the driver calls this once they have all returned);
+    read the video whole if they do not tile it."""
+    from .stage import _counts, _summary, ingest_source
+
+    task = tasks[0]
+    source = task.params["source"]
+    try:
+        row = merge_segments(task.run, task.video, source, task.key, task.parts)
+    except SegmentMismatch as exc:
+        log.warning("%s: %s; reading it whole", source, exc)
+        discard_segments(task.run, task.video)
+        whole = VideoTask(task.run, task.video, task.key, task.cfg, {"source": source, "progress": False})
+        return ingest_source(whole)
+    return _counts(_summary(row))

@@ -97,6 +97,12 @@ class OverlapConfig:
         "also search every face: faces matching on their own are removed even if their sequence is kept",
     )
     workers: int = option(1, "videos processed in parallel", min=1, affects_output=False)
+    threads: int = option(
+        1,
+        "torch CPU threads for building galleries in this process (0 = torch's default, one per core)",
+        min=0,
+        affects_output=False,
+    )
     # Building galleries (`gallery build`, and galleries built on the fly): the same parts as the run.
     model: str = option(
         "", "embedder for built galleries; empty = the one RUN/embed used (facenet outside a run)"

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import config_hash, output_hash, to_dict
+from ..devices import torch_threads
 from ..driver import StageSummary, VideoTask, drive, process_cached
 from ..embed.models import model_name
 from ..errors import ConfigError, InputError, SeqbuildError
@@ -591,7 +592,8 @@ def run_dedup_overlap(
     rd.require("embed", STAGE)
     model = run_embedder_name(rd)
     decisions = read_decisions(cfg.decisions, cfg.decided_by) if cfg.decisions else {}
-    resolved = resolve_galleries(rd, cfg, model, progress)
+    with torch_threads(cfg.threads):
+        resolved = resolve_galleries(rd, cfg, model, progress)
     videos = src.done_shards()
     upstream = {
         v: [src.marker(v).get("config_hash", ""), rd.embed.marker(v).get("config_hash", "")] for v in videos

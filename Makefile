@@ -90,7 +90,7 @@ bench-train: setup
 	$(PY) -m benchmarks.bench_train
 
 bench-e2e: setup
-	$(PY) -m benchmarks.bench_e2e
+	$(PY) -m benchmarks.bench_e2e --write-doc
 
 # SeqFace's Table 2 on scikit-learn's digits, 5 seeds (CPU, a few minutes).
 bench-table2: setup

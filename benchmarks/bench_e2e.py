@@ -213,6 +213,26 @@ def compare_ingest(a: Path, b: Path) -> dict:
     return out
 
 
+def cross_copies(run: Path, first_frames: int, cycle_frames: int) -> int:
+    """Sequences of the first airing of the second broadcast that clean removed as copies of footage
+    in the first broadcast (the two are cut from the same clips; their truths do not say so)."""
+    import re
+
+    import pandas as pd
+
+    removals = pd.concat([pd.read_parquet(f) for f in sorted((run / "clean" / "removals").glob("*.parquet"))])
+    seqs = pd.concat([pd.read_parquet(f) for f in sorted((run / "track" / "sequences").glob("*.parquet"))])
+    first = dict(zip(seqs.seq_id, seqs.first_frame, strict=True))
+    n = 0
+    for row in removals[removals.reason == "rerun"].drop_duplicates("seq_id").itertuples():
+        found = re.search(r"copy of (\S+)", row.detail or "")
+        if not found or found.group(1) not in first:
+            continue
+        mine, original = first[row.seq_id], first[found.group(1)]
+        n += first_frames <= mine < cycle_frames and original < first_frames
+    return n
+
+
 def main() -> None:
     """Run the benchmark; print (and with --write-doc, write) the Markdown of docs/benchmarks.md."""
     from benchmarks.bench_transitions import compose
@@ -258,6 +278,8 @@ def main() -> None:
         "tv10": score(tv10_gt, out / "tv10" / "dataset"),
         "x1": score(media / "dev_broadcast.gt.json", out / "x1" / "dataset"),
     }
+    dev_frames_in_pair = truths[0]["frames"]
+    copies = cross_copies(out / "tv10", dev_frames_in_pair, sum(t["frames"] for t in truths))
     segments = {}
     for label, sets in (
         ("whole, 1 worker", ["ingest.workers=1", "ingest.split_segments=1"]),
@@ -282,6 +304,7 @@ def main() -> None:
         "x4": {"seconds": x4_seconds, "runs": segments, "same": same},
         "baseline": baseline,
         "score": scores,
+        "cross_copies": copies,
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
     block = markdown(result)
@@ -371,6 +394,12 @@ def markdown(r: dict) -> str:
         f"10 min: {json.dumps(r['score']['tv10'])}",
         f"45 s:   {json.dumps(r['score']['x1'])}",
         "```",
+        "",
+        f"The 10-minute truth marks every later airing of a shot as a rerun of its first airing, but not that "
+        f"the two broadcasts are cut from the same talk clips: clean removed {r['cross_copies']} sequences of "
+        "the second broadcast's first airing as copies of footage already in the first (centre similarity "
+        "0.996-1.000), which the scorer counts as lost in `recall_unique`. Purity, cut crossings, reruns "
+        "kept twice, gallery faces left and near-duplicate pairs are those of the 45 s run.",
         "<!-- e2e:end -->",
     ]
     return "\n".join(lines)

@@ -46,16 +46,20 @@ def _suggested_command(line: str) -> list[str]:
     return shlex.split(command)[1:]
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
+def make_checkpoint(path, seed=0):
     """A tiny `seqbuild train` checkpoint whose embeddings have the fake runs' 8 dimensions."""
     from seqbuild.train.backbones import create_backbone
     from seqbuild.train.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = create_backbone("tiny", input_size=32, dim=8)
     state = {"backbone": "tiny", "backbone_kwargs": {"input_size": 32, "dim": 8}, "model": net.state_dict()}
-    return save_checkpoint(tmp_path / "ck" / "last.pt", {**state, "crop_size": 32})
+    return save_checkpoint(path, {**state, "crop_size": 32})
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return make_checkpoint(tmp_path / "ck" / "last.pt")
 
 
 def test_gallery_of_another_model_names_commands_that_work(tmp_path, allow_error_logs):
@@ -116,3 +120,23 @@ def test_seqface_run_hints_name_what_dedup_overlap_accepts(tmp_path, checkpoint,
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["dedup-overlap", str(run.root), "--gallery", build[build.index("--out") + 1]])
     assert res.exit_code == 0, res.output
+
+
+def test_a_gallery_made_with_another_last_pt_is_refused(tmp_path, allow_error_logs):
+    a = make_checkpoint(tmp_path / "a" / "last.pt", seed=0)
+    b = make_checkpoint(tmp_path / "b" / "last.pt", seed=1)  # same file name, other weights
+    copy = tmp_path / "c" / "last.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(a.read_bytes())
+
+    def seqface_id(path):
+        return model_id(create_embedder("seqface", weights=str(path), device="cpu"))
+
+    assert seqface_id(a) == seqface_id(copy) != seqface_id(b)
+    run = make_run(tmp_path / "run", model=seqface_id(a))
+    photos = make_folder(tmp_path / "photos")
+    gallery = tmp_path / "gallery-b"
+    cfg = OverlapConfig(model="seqface", weights=str(b), detector=NAME, min_face=12)
+    build_gallery(photos, gallery, cfg, progress=False)
+    res = CliRunner().invoke(cli, ["dedup-overlap", str(run.root), "--gallery", str(gallery)])
+    assert res.exit_code == 1 and "gallery built with model" in _error_line(res.output)

@@ -36,7 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # this checkout's seqbuild, whichever is installed
+    sys.path.insert(0, str(REPO))
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 SHELL = ("bash", "sh", "shell", "console")
 TIMEOUT = 900.0
@@ -144,10 +149,10 @@ STAND_INS = {
     "data/lfw (for /data/lfw)": "an image folder of two of the demo's people (astronaut, tom_hanks), from"
     " its labelled photos (runs/demo/media/identities), in LFW's layout",
     "optout/": "the demo's gallery photos (grace_hopper), one folder per identity",
-    "data/ms1m/train.rec (for /data/ms1m/train.rec)": "the demo's labelled photos, aligned, as an insightface"
-    " RecordIO pair (train.rec + train.idx)",
-    "data/lfw.bin (for /data/lfw.bin)": "same and different pairs of those aligned crops in insightface's"
-    " verification .bin format",
+    "data/ms1m/train.rec (for /data/ms1m/train.rec)": "the aligned crops of runs/demo/dataset, one class per"
+    " sequence, as an insightface RecordIO pair (train.rec + train.idx)",
+    "data/lfw.bin (for /data/lfw.bin)": "pairs of those crops in insightface's verification .bin format: two"
+    " faces of one sequence (same) or of two sequences (different, though two shots may show one person)",
     "decisions.csv": "two of runs/tv's searched sequences, one to keep and one to remove (written before the"
     " example that reads it, once runs/tv has been through dedup-overlap)",
     "../shared": "the shared media's parent folder when it is present (SEQBUILD_MEDIA or ../shared/media)",
@@ -264,7 +269,6 @@ def command_problems(text: str) -> list[str]:
 
     import click
 
-    sys.path.insert(0, str(REPO))
     from seqbuild._cli.main import cli
 
     parts = [p for p in re.split(r"&&|\|\||;|\|", command_key(text)) if re.search(r"(^|\s)seqbuild(\s|$)", p)]
@@ -299,7 +303,6 @@ def setting_problems(key: str) -> list[str]:
     """What is wrong with a config key ``section.name`` (none: [])."""
     import dataclasses
 
-    sys.path.insert(0, str(REPO))
     from seqbuild.stages import section_class, sections
 
     section, _, name = key.partition(".")
@@ -331,7 +334,6 @@ def flag_problems(option: str) -> list[str]:
     """[] when some seqbuild command has ``option`` (or another program's is listed), else the problem."""
     import click
 
-    sys.path.insert(0, str(REPO))
     from seqbuild._cli.main import cli
 
     def options(command: click.Command) -> set[str]:
@@ -346,7 +348,6 @@ def flag_problems(option: str) -> list[str]:
 
 def named_settings(docs: list[str] = DOCS, root: Path = REPO) -> list[tuple[str, str]]:
     """(where, key) of every ``section.key`` code span of the docs whose section is a config section."""
-    sys.path.insert(0, str(REPO))
     from seqbuild.stages import sections
 
     known = set(sections())
@@ -430,7 +431,6 @@ def run_shell(command: str, work: Path, env: dict[str, str], timeout: float = TI
 
 def check_toml(text: str, work: Path) -> tuple[int, str]:
     """Load a TOML block as a pipeline file: 0, or 1 and the error."""
-    sys.path.insert(0, str(REPO))
     from seqbuild.errors import SeqbuildError
     from seqbuild.pipeline.loading import load_pipeline
 
@@ -470,7 +470,7 @@ def run_example(example: Example, work: Path, env: dict[str, str]) -> Result:
 # ------------------------------------------------------------------------------------------------ stand-ins
 
 
-def prepare_stand_ins(work: Path, env: dict[str, str]) -> None:
+def prepare_stand_ins(work: Path) -> None:
     """The files the examples name that the demo does not make under that name (STAND_INS)."""
     demo = work / "runs" / "demo"
     video = demo / "media" / "demo_broadcast.mp4"
@@ -485,19 +485,12 @@ def prepare_stand_ins(work: Path, env: dict[str, str]) -> None:
     for name in ("astronaut", "tom_hanks"):
         shutil.copytree(identities / name, work / "data" / "lfw" / name)
     shutil.copytree(demo / "media" / "gallery", work / "optout")
-    crops = work / "_stand_ins" / "identities"
-    rc, out = run_shell(
-        f"seqbuild import-identities {identities} --out {crops} --no-progress --log-level warning", work, env
-    )
-    if rc:
-        raise RuntimeError(f"stand-ins: import-identities failed:\n{out}")
-    sys.path.insert(0, str(REPO))
-    import pyarrow.dataset as ds
-
+    # Labelled aligned crops without another detection pass: the demo dataset's faces, one label per sequence.
+    faces = pd.read_parquet(demo / "dataset" / "faces", columns=["seq_id", "image"])
+    label_of = {seq: k for k, seq in enumerate(sorted(faces["seq_id"].unique()))}
+    labels, images = [label_of[s] for s in faces["seq_id"]], list(faces["image"])
     from seqbuild.recordio import write_insightface_rec
 
-    table = ds.dataset(crops / "identity_images", format="parquet").to_table(columns=["label", "image"])
-    labels, images = table.column("label").to_pylist(), table.column("image").to_pylist()
     (work / "data" / "ms1m").mkdir(parents=True)
     write_insightface_rec(work / "data" / "ms1m" / "train.rec", list(zip(labels, images, strict=True)))
     by_label: dict[int, list[bytes]] = {}
@@ -506,21 +499,17 @@ def prepare_stand_ins(work: Path, env: dict[str, str]) -> None:
     groups = [v for v in by_label.values() if len(v) >= 2]
     bins, same = [], []
     for k, group in enumerate(groups):
-        for i in range(len(group) - 1):
+        for i in range(min(len(group) - 1, 3)):
             bins += [group[i], group[i + 1]]
             same.append(True)
             other = groups[(k + 1 + i) % len(groups)]
             bins += [group[i], other[i % len(other)]]
             same.append(False)
-    import numpy as np
-
     (work / "data" / "lfw.bin").write_bytes(pickle.dumps((bins, np.array(same, dtype=bool)), protocol=2))
 
 
 def write_decisions(work: Path) -> None:
     """decisions.csv: keep one of runs/tv's searched sequences and remove another."""
-    import pandas as pd
-
     matches = pd.read_parquet(work / "runs" / "tv" / "dedup_overlap" / "matches")
     seqs = sorted(matches["seq_id"].unique())
     if len(seqs) < 2:
@@ -587,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             print(out)
             return 1
-    prepare_stand_ins(work, env)
+    prepare_stand_ins(work)
     print("stand-ins:")
     for name, what in STAND_INS.items():
         print(f"  {name}: {what}")

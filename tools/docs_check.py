@@ -542,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         "--work", default=str(REPO / "runs" / "docs-check"), help="work folder (emptied first)"
     )
     parser.add_argument(
-        "--demo", default=None, help="an existing `seqbuild demo` run to use (default: make one)"
+        "--demo",
+        default=None,
+        help="an existing `seqbuild demo` run to use, linked as runs/demo: the examples change it (default: make one)",
     )
     parser.add_argument("--only", default=None, help="run only the examples whose text or name contains this")
     parser.add_argument("--list", action="store_true", help="list the examples and what would happen to each")

@@ -10,7 +10,7 @@ MEDIA ?= ../shared/media
 GALLERY ?= $(MEDIA)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-decisions bench-identification bench-train bench-e2e bench-table2 gpu-check bench-global bench-ray clean-venv
+.PHONY: setup test test-all docs-check lint format demo e2e train-demo bench bench-ingest bench-track bench-transitions bench-embed bench-overlap bench-decisions bench-identification bench-train bench-e2e bench-table2 gpu-check bench-global bench-ray clean-venv
 
 # The demo's photos of seven of its people ship in insightface 2.1's source archive: set-up downloads it into
 # the user cache (the demo reads the photos from it; it is never installed; its metadata is read with the venv's
@@ -36,6 +36,11 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+# Every command example of README.md and docs/*.md, in order, on a fresh demo in runs/docs-check (tools/docs_check.py:
+# what is prepared, mapped or skipped and why). Not part of `make test`: it takes a few minutes.
+docs-check: setup
+	$(PY) -m tools.docs_check --work runs/docs-check
 
 lint: setup
 	$(VENV)/bin/ruff check seqbuild tests benchmarks tools

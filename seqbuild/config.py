@@ -31,16 +31,19 @@ def option(
     choices: tuple | None = None,
     affects_output: bool = True,
     part: str = "",
+    per_item_of: str = "",
 ) -> Any:
     """A config field with its default, a help line, and optional range or choices (checked on build).
 
     ``affects_output=False`` marks an option that says where or how fast to work (device, workers, batch
     sizes, inputs), not what to compute: it is left out of every output hash, so changing it never
     re-runs work. ``part`` names the step of a stage the option belongs to, for stages whose steps are
-    hashed separately (clean's per-video filters and its cross-video rerun index).
+    hashed separately (clean's per-video filters and its cross-video rerun index). ``per_item_of`` names
+    the list option this one gives a value per item of (thresholds per gallery): the value a run
+    remembers is not used when that list is given anew without it.
     """
     meta = {"help": help, "min": min, "max": max, "choices": choices}
-    meta.update(affects_output=affects_output, part=part)
+    meta.update(affects_output=affects_output, part=part, per_item_of=per_item_of)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

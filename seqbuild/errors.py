@@ -19,6 +19,10 @@ class InputError(SeqbuildError):
     """An input (file, URL, run directory) is missing or unusable (names the input)."""
 
 
+class MissingWeightsError(InputError):
+    """A model that has no default weights (a SeqFace checkpoint, an ONNX file) was given none."""
+
+
 class SchemaMismatchError(SeqbuildError):
     """A table does not match its data contract."""
 

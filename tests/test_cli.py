@@ -45,3 +45,40 @@ def test_config_error_is_one_line_with_exit_2(tmp_path):
     assert result.exit_code == 2, result.output
     assert "track.bogus" in result.output
     assert "Traceback" not in result.output
+
+
+def _commands(group=cli, prefix=()):
+    """Every leaf command with its path of names."""
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_help_texts_say_what_the_options_take():
+    import click
+
+    progress = {("train",), ("gallery", "build"), ("import-identities",), ("eval",), ("run",), ("demo",)}
+    for path, command in _commands():
+        options = {name: p for p in command.params for name in (*p.opts, *p.secondary_opts)}
+        if "--set" in options:
+            assert "repeatable" in options["--set"].help, path
+        for param in command.params:
+            if isinstance(param.type, click.Choice) and param.default is not None and not param.multiple:
+                assert param.default in param.type.choices, (path, param.name)  # [default: x] is a choice
+        if "--log-level" in options:
+            assert options["--log-level"].show_default
+        if path in progress or "--workers" in options:  # every command with a progress bar
+            assert "--no-progress" in options, path
+    after = CliRunner().invoke(cli, ["export", "--help"], terminal_width=200).output
+    assert "--after [track|clean|dedup-overlap|dedup_overlap]" in after
+
+
+def test_version_says_where_it_comes_from():
+    from seqbuild import __version__
+
+    out = CliRunner().invoke(cli, ["--version"]).output.strip()
+    assert out.startswith(f"seqbuild {__version__} (") and "seqbuild" in out.split("(", 1)[1]

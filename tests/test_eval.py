@@ -139,3 +139,63 @@ def test_video_verification_uses_mean_features(tmp_path):
     model.image_size, model.crop_size = 36, 32
     r = evaluate_videos(model, tmp_path / "pairs.csv", tmp_path / "v")
     assert r["pairs"] == 12 and r["best_threshold_accuracy"] == 1.0
+
+
+def _checkpoint(path):
+    from seqbuild.train.backbones import create_backbone
+    from seqbuild.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_backbone("tiny", input_size=32, dim=8)
+    state = {"backbone": "tiny", "backbone_kwargs": {"input_size": 32, "dim": 8}, "model": net.state_dict()}
+    return save_checkpoint(path, {**state, "crop_size": 32})
+
+
+def test_eval_pairs_help_documents_the_file_format():
+    from click.testing import CliRunner
+
+    from seqbuild._cli.main import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["eval", "--help"], terminal_width=200).output.split())
+    assert "'folds pairs_per_fold'" in text  # the header
+    assert "'NAME I J'" in text and "'NAME1 I NAME2 J'" in text  # the rows
+    assert "IMAGES/NAME/NAME_NNNN.jpg" in text and "NAME_0001.jpg" in text  # the file naming
+    assert "144" in text and "128" in text  # what the crops become
+
+
+def test_eval_missing_image_is_one_line_without_opencv_warnings(tmp_path, capfd):
+    from click.testing import CliRunner
+
+    from seqbuild._cli.main import cli
+
+    checkpoint = _checkpoint(tmp_path / "last.pt")
+    rng = np.random.default_rng(0)
+    for name in ("Abel", "Bob"):
+        (tmp_path / "img" / name).mkdir(parents=True)
+        for i in (1, 2):
+            (tmp_path / "img" / name / f"{name}_{i:04d}.jpg").write_bytes(
+                encode_jpeg(face_image(i, rng, 144))
+            )
+    pairs = tmp_path / "pairs.txt"
+    rows = ["Abel\t1\t2", "Bob\t1\t2", "Abel\t1\tBob\t2", "Abel\t2\tBob\t1"] * 5
+    pairs.write_text("\n".join(["2\t10", *rows, "Abel\t1\tBob\t3"]) + "\n")  # Bob_0003.jpg does not exist
+    args = [
+        "eval",
+        str(checkpoint),
+        "--pairs",
+        str(pairs),
+        "--images",
+        str(tmp_path / "img"),
+        "--device",
+        "cpu",
+    ]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"error: {tmp_path / 'img' / 'Bob' / 'Bob_0003.jpg'}: cannot open (No such file or directory)"
+    ]
+    captured = capfd.readouterr()
+    assert "WARN" not in captured.err + captured.out  # nothing from OpenCV's own logging on the descriptors
+    (tmp_path / "img" / "Bob" / "Bob_0003.jpg").write_bytes(encode_jpeg(face_image(3, rng, 144)))
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "pairs.txt: 21 pairs" in res.output, res.output

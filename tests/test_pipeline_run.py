@@ -15,7 +15,7 @@ from seqbuild.driver import StageSummary
 from seqbuild.errors import ConfigError
 from seqbuild.layout import RunDir
 from seqbuild.pipeline import run as runner
-from seqbuild.pipeline.loading import load_pipeline
+from seqbuild.pipeline.loading import load_pipeline, save_config
 from seqbuild.runstate import RunLockedError, read_state, stage_lock
 
 CALLS: Counter = Counter()
@@ -213,3 +213,22 @@ def test_cli_run_saves_config_writes_log_and_exit_codes(fakes, tmp_path):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(cli, ["run", str(toml), "--out", str(run), "--set", "track.bogus=1"])
     assert result.exit_code == 2 and "track.bogus" in result.output
+
+
+def test_remembered_thresholds_follow_their_galleries(tmp_path, caplog):
+    """Thresholds are per gallery: the ones a run remembers are not applied to other galleries given anew."""
+    run = tmp_path / "run"
+    run.mkdir()
+    two = load_pipeline(None, ["dedup_overlap.galleries=a,b", "dedup_overlap.thresholds=[0.5, 0.4]"])
+    save_config(two, run / "config.toml")
+    assert load_pipeline(None, [], run=run)["dedup_overlap"].thresholds == [0.5, 0.4]  # remembered
+    assert load_pipeline(None, ["dedup_overlap.galleries=a,b"], run=run)["dedup_overlap"].thresholds == [
+        0.5,
+        0.4,
+    ]
+    caplog.set_level(logging.INFO, logger="seqbuild")
+    one = load_pipeline(None, ["dedup_overlap.galleries=c"], run=run)["dedup_overlap"]
+    assert one.galleries == ["c"] and one.thresholds == []  # calibrated again, not 2 thresholds for 1
+    assert "dedup_overlap.thresholds [0.5, 0.4] not used" in caplog.text
+    given = load_pipeline(None, ["dedup_overlap.galleries=c", "dedup_overlap.thresholds=[0.3]"], run=run)
+    assert given["dedup_overlap"].thresholds == [0.3]

@@ -67,8 +67,19 @@ def _int_list(value: str | None, name: str) -> list[int] | None:
 
 @click.command("eval")
 @click.argument("model")
-@click.option("--pairs", default=None, help="LFW-style pairs file.")
-@click.option("--images", default=None, help="Image folder the pairs refer to (aligned crops).")
+@click.option(
+    "--pairs",
+    default=None,
+    help="LFW pairs.txt: an optional first line 'folds pairs_per_fold', then one pair per line, 'NAME I J'"
+    " (two images of one person) or 'NAME1 I NAME2 J' (two people); image I of NAME is"
+    " IMAGES/NAME/NAME_NNNN.jpg, I in 4 digits (NAME_0001.jpg; .png and .jpeg too).",
+)
+@click.option(
+    "--images",
+    default=None,
+    help="Folder of the --pairs images: aligned face crops (the 144x144 crops of a run or import-identities),"
+    " resized to the model's canvas (144 by default) and centre-cropped to its input (128); never detected.",
+)
 @click.option("--bin", "bin_paths", multiple=True, help="insightface verification .bin file (repeatable).")
 @click.option("--video-pairs", default=None, help="YTF-style video pairs (CSV: video1,video2,same).")
 @click.option("--videos", default=None, help="Folder with one frame folder per video.")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..devices import resolve_device
-from ..errors import InputError
+from ..errors import InputError, MissingWeightsError
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -351,8 +351,9 @@ class SeqFaceEmbedder(TorchEmbedder):
         **_: Any,
     ) -> None:
         if not weights:
-            raise InputError(
-                "the seqface embedder needs a checkpoint: --weights PATH (written by `seqbuild train`)"
+            raise MissingWeightsError(
+                "the seqface embedder needs a checkpoint written by `seqbuild train`: name it in the model,"
+                " seqface:PATH"
             )
         if not Path(weights).is_file():
             raise InputError(f"{weights}: checkpoint not found")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..devices import resolve_device
-from ..errors import InputError, requires
+from ..errors import InputError, MissingWeightsError, requires
 from ..ingest.align import SPHEREFACE_96x112, template_points, umeyama_similarity
 from .models import EMBEDDERS, Embedder, _check_crops, l2_normalise
 
@@ -94,7 +94,7 @@ class OnnxEmbedder(Embedder):
 
     def __init__(self, weights: str = "", device: str = "auto", batch_size: int = 0, **_: Any) -> None:
         if not weights:
-            raise InputError("the onnx embedder needs a model file: --model onnx:PATH (or --weights PATH)")
+            raise MissingWeightsError("the onnx embedder needs a model file: name it in the model, onnx:PATH")
         path = Path(weights)
         if not path.is_file():
             raise InputError(f"{path}: ONNX model not found")

@@ -21,6 +21,7 @@ class OverlapConfig:
         [],
         "fixed threshold per gallery on the `score` scale, in order (one value applies to all); empty ="
         " calibrated to each gallery's size for the target `fpir`",
+        per_item_of="galleries",
     )
     score: str = option(
         "csls",

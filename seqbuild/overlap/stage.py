@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ import pyarrow.compute as pc
 from ..config import config_hash, output_hash, to_dict
 from ..devices import torch_threads
 from ..driver import StageSummary, VideoTask, drive, process_cached
-from ..embed.models import model_name
-from ..errors import ConfigError, InputError, SeqbuildError
+from ..embed.models import model_name, split_model
+from ..errors import ConfigError, InputError, MissingWeightsError, SeqbuildError
 from ..executors import Executor
 from ..layout import RunDir
 from ..reasons import removal_rows
@@ -145,14 +146,19 @@ def resolve_galleries(
             if not is_gallery(cache):
                 log.info("building gallery %s from %s into %s", gname, src, cache)
                 crop = recorded_config(run, "ingest").get("crop_size")
-                build_gallery(src, cache, build_cfg, name=gname, progress=progress, crop_size=crop)
+                try:
+                    build_gallery(src, cache, build_cfg, name=gname, progress=progress, crop_size=crop)
+                except MissingWeightsError:
+                    # The run's record does not say which weights it was embedded with (the flag that
+                    # names them belongs to `embed`, not to this command).
+                    raise MissingWeightsError(
+                        f"{src}: building this gallery needs the {model_name(build_cfg.model)} weights"
+                        f" {run.root} was embedded with, which its record does not name: add"
+                        " --set dedup_overlap.weights=PATH"
+                    ) from None
             gallery = load_gallery(cache, gname)
         if model and not same_model(gallery.embedder, model):
-            raise InputError(
-                f"{gallery.path}: gallery built with model {gallery.embedder!r}, but {run.root} was embedded with"
-                f" {model!r}; rebuild it with the run's embedder (`seqbuild gallery build SOURCE --out GALLERY"
-                f" --model {model_name(model)} --weights WEIGHTS`) or pass its source folder as --gallery"
-            )
+            raise InputError(model_mismatch_message(run, gallery, model))
         # A damaged index is one error for the command, not the same failure for every video.
         if (gallery.path / "index.faiss").exists():
             load_index(gallery.path / "index.faiss")
@@ -164,6 +170,36 @@ def resolve_galleries(
         )
     thresholds = thresholds_for(len(loaded), cfg.thresholds, [None] * len(loaded))
     return list(zip(loaded, thresholds, strict=True))
+
+
+def model_mismatch_message(run: RunDir, gallery: Gallery, model: str) -> str:
+    """One line for a gallery made with another model than the run's, with commands that work: its photos
+    as --gallery (built with the run's model), or `gallery build` with the run's model and weights."""
+    opts = run_embed_options(run)
+    spec = str(opts.get("model") or model_name(model))
+    args = ["--model", spec]
+    weights = str(opts.get("weights") or "")
+    if weights and not split_model(spec)[1]:
+        args += ["--weights", weights]
+    elif not opts and model_name(model) in ("seqface", "onnx"):
+        args += ["--weights", "PATH"]  # not recorded: the checkpoint the run was embedded with
+    if opts.get("normalisation", "fixed") != "fixed":
+        args += ["--set", f"dedup_overlap.normalisation={opts['normalisation']}"]
+    source = str(gallery.manifest.get("source") or "")
+    photos = gallery.manifest.get("source_kind") in ("folder", "rec") and Path(source).exists()
+    out = f"{gallery.path}-{model_name(spec)}"
+    build = shlex.join(["seqbuild", "gallery", "build", source if photos else "PHOTOS", "--out", out, *args])
+    head = (
+        f"{gallery.path}: gallery built with model {gallery.embedder!r}, but {run.root} was embedded with"
+        f" {model!r}"
+    )
+    if photos:
+        return (
+            f"{head}; pass its photos instead (--gallery {shlex.quote(source)}: built with the run's model) or"
+            " rebuild it"
+            f" (`{build}`, then --gallery {shlex.quote(out)})"
+        )
+    return f"{head}; rebuild it from its photos with the run's model (`{build}`, then --gallery {shlex.quote(out)})"
 
 
 def _build_keys(cfg: OverlapConfig) -> dict[str, Any]:

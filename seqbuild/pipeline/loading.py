@@ -7,6 +7,7 @@ and a value that differs from it is logged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ def load_pipeline(
     _check_sections(sets, "--set")
     flags = flags or {}
     _check_sections(flags, "flags")
+    memory = _without_stale_items(run, memory, [data, sets, flags])
     layers = [memory, data, sets, flags]
     merged = {
         name: build(section_class(name), *(layer.get(name) for layer in layers), section=name)
@@ -80,6 +82,33 @@ def load_pipeline(
     if memory:
         _log_changes(run, memory, merged)
     return Pipeline(merged)
+
+
+def _without_stale_items(
+    run: str | Path | None, memory: dict[str, Any], explicit: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The run's memory without the per-item values (``per_item_of``) whose list is given anew without them:
+    thresholds remembered for other galleries must not be applied to the galleries given now."""
+    out = dict(memory)
+    for name, remembered in memory.items():
+        given = {k: v for layer in explicit for k, v in layer.get(name, {}).items()}  # the last layer wins
+        for f in dataclasses.fields(section_class(name)):
+            items_of = f.metadata.get("per_item_of")
+            if not items_of or f.name not in remembered or f.name in given or items_of not in given:
+                continue
+            cls = section_class(name)
+            now = getattr(build(cls, {items_of: given[items_of]}, section=name), items_of)
+            if now != getattr(build(cls, {items_of: remembered.get(items_of, [])}, section=name), items_of):
+                log.info(
+                    "%s: %s.%s %r not used: the run remembered it for other %s",
+                    run,
+                    name,
+                    f.name,
+                    remembered[f.name],
+                    items_of,
+                )
+                out[name] = {k: v for k, v in out[name].items() if k != f.name}
+    return out
 
 
 def _log_changes(run: str | Path | None, memory: dict[str, Any], merged: dict[str, Any]) -> None:

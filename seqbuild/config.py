@@ -32,6 +32,7 @@ def option(
     affects_output: bool = True,
     part: str = "",
     per_item_of: str = "",
+    remember: bool = True,
 ) -> Any:
     """A config field with its default, a help line, and optional range or choices (checked on build).
 
@@ -40,10 +41,11 @@ def option(
     re-runs work. ``part`` names the step of a stage the option belongs to, for stages whose steps are
     hashed separately (clean's per-video filters and its cross-video rerun index). ``per_item_of`` names
     the list option this one gives a value per item of (thresholds per gallery): the value a run
-    remembers is not used when that list is given anew without it.
+    remembers is not used when that list is given anew without it. ``remember=False`` marks a one-off
+    request (retry what failed) that a run's memory (RUN/config.toml) does not carry to later commands.
     """
     meta = {"help": help, "min": min, "max": max, "choices": choices}
-    meta.update(affects_output=affects_output, part=part, per_item_of=per_item_of)
+    meta.update(affects_output=affects_output, part=part, per_item_of=per_item_of, remember=remember)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -232,3 +232,11 @@ def test_remembered_thresholds_follow_their_galleries(tmp_path, caplog):
     assert "dedup_overlap.thresholds [0.5, 0.4] not used" in caplog.text
     given = load_pipeline(None, ["dedup_overlap.galleries=c", "dedup_overlap.thresholds=[0.3]"], run=run)
     assert given["dedup_overlap"].thresholds == [0.3]
+
+
+def test_a_one_off_request_is_not_remembered_by_the_run(tmp_path):
+    from seqbuild.pipeline.loading import run_memory
+
+    (tmp_path / "config.toml").write_text("[ingest]\nretry_failed = true\nmin_face = 40\n")
+    memory = run_memory(tmp_path)
+    assert memory["ingest"] == {"min_face": 40}  # retrying what failed was for that command only

@@ -80,7 +80,12 @@ class IngestConfig:
     threads: int = option(
         1, "torch CPU threads per worker for detection (0 = torch's default)", min=0, affects_output=False
     )
-    retry_failed: bool = option(False, "re-run only the sources that failed before", affects_output=False)
+    retry_failed: bool = option(
+        False,
+        "read again the sources that failed before (this command only: a run does not remember it)",
+        affects_output=False,
+        remember=False,
+    )
     duration: float = option(
         0.0, "live streams: stop after this many seconds (0 = until the stream ends)", min=0.0
     )

@@ -346,7 +346,10 @@ def run_ingest(
     summary = StageSummary("ingest", videos=len(sources), skipped=len(skipped))
     for source in failed_before:
         error = store.marker(source_id(source)).get("error") or f"{source}: failed"
-        summary.fail(source_id(source), f"{error} (failed in an earlier run; --retry-failed tries it again)")
+        summary.fail(
+            source_id(source),
+            f"{error} (failed in an earlier run; --retry-failed, or --set ingest.retry_failed=true under seqbuild run, tries it again)",
+        )
     if skipped:
         log.info("ingest: %d source(s) already done with this config, skipped", len(skipped))
     from .segments import merge_parts, probe_duration, split_tasks

@@ -56,7 +56,13 @@ def run_memory(run: str | Path | None) -> dict[str, Any]:
         return {}
     data = load_toml(path)
     known = sections()
-    return {k: v for k, v in data.items() if k in known and isinstance(v, dict)}
+    memory = {k: v for k, v in data.items() if k in known and isinstance(v, dict)}
+    for name, values in memory.items():
+        once = {
+            f.name for f in dataclasses.fields(section_class(name)) if not f.metadata.get("remember", True)
+        }
+        memory[name] = {k: v for k, v in values.items() if k not in once}
+    return memory
 
 
 def load_pipeline(

@@ -95,3 +95,15 @@ def test_derived_thresholds_follow_the_impostor_distribution():
     centres = np.stack([f.sum(0) / np.linalg.norm(f.sum(0)) for f in faces])
     high = derive_thresholds(faces, centres)
     assert high["noise_threshold"] > wide["noise_threshold"] + 0.2
+
+
+def test_a_model_that_does_not_tell_faces_apart_is_one_error_not_an_empty_dataset(tmp_path):
+    run = RunDir(tmp_path / "run")
+    common = person()
+    for v in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):  # every face close to one vector: a collapsed network
+        write_video(run, v, {f"p{k}": faces_of(common, 6, spread=0.05) for k in range(4)})
+        _relabel(run, v, "seqface@0123/fixed-centre128/sphereface144")
+    with pytest.raises(InputError, match="does not tell this run's faces apart"):
+        thresholds_for_model(run, CleanConfig(), ["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
+    as_set = CleanConfig(model_thresholds="as_set")  # asked for: the configured thresholds are used
+    assert thresholds_for_model(run, as_set, ["aaaaaaaaaaaa", "bbbbbbbbbbbb"])[0] == as_set

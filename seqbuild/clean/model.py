@@ -44,6 +44,10 @@ against another person's centre has its 99th percentile at 0.63 (noise 0.6, jump
 centres top out at 0.65 of 60 (two identities 0.75); rerun candidates need centres closer still (0.9)."""
 
 FACE_SCORES = {"noise_threshold", "jump_threshold"}
+MAX_IMPOSTOR_MEDIAN = 0.9
+"""A model whose centres of different sequences score a median this high against each other does not
+tell faces apart (an untrained or collapsed network; a trained face model gives about 0-0.3)."""
+
 MIN_SEQUENCES = 5
 
 
@@ -143,6 +147,14 @@ def thresholds_for_model(
             model,
         )
         return cfg, info
+    pairs = (centres @ centres.T)[np.triu_indices(len(centres), 1)]
+    if float(np.median(pairs)) >= MAX_IMPOSTOR_MEDIAN:
+        raise InputError(
+            f"clean: model {model} does not tell this run's faces apart (centres of different sequences score"
+            f" a median of {float(np.median(pairs)):.3f} against each other; a trained face model gives about"
+            " 0-0.3), so every face would be removed as noise or as a rerun: embed the run with a trained"
+            " model, or pass --set clean.model_thresholds=as_set to use the configured thresholds anyway"
+        )
     try:
         derived = derive_thresholds(faces, centres)
     except InputError as exc:

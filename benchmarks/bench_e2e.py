@@ -366,7 +366,7 @@ def markdown(r: dict) -> str:
         f"- Baseline (benchmarks/baseline_voxceleb.py: PySceneDetect ContentDetector, facenet-pytorch MTCNN on "
         f"every frame, greedy IoU tracks, crops) on the first {base['video_seconds']:.0f} s of the same file: "
         f"{base['wall']:.1f} s, {base_per_s:.2f} s per video second ({1 / base_per_s:.2f}x realtime). The chain "
-        f"takes {chain_per_s:.3f} s per video second: **{base_per_s / chain_per_s:.0f}x faster** than the baseline.",
+        f"takes {chain_per_s:.3f} s per video second: **{base_per_s / chain_per_s:.1f}x faster** than the baseline.",
         "",
         f"One long file on two workers: `dev_broadcast.mp4` repeated 4 times ({x4['seconds']:.1f} s), "
         "`seqbuild run` with ingest only:",

@@ -51,7 +51,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -59,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.bench_overlap import machine
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 512
@@ -78,20 +79,6 @@ def unit(v: np.ndarray) -> np.ndarray:
     """Rows (or a vector) scaled to unit length, float32."""
     v = np.asarray(v, np.float32)
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def machine() -> dict:
-    """The machine and its load, recorded with every figure."""
-    import faiss
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "faiss": faiss.__version__,
-        "faiss_gpus": faiss.get_num_gpus(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def peak_rss_mb() -> float:

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from ..driver import process_cached
 from ..imaging import encode_jpeg
+from ..memory import release_free_memory
 from ..schema import DETECTIONS, REMOVALS, SHOTS, VIDEOS
 from ..storage import AppendingTableWriter, ShardStore, remove_stale_temporaries, write_table
 from .align import align_face, face_quality
@@ -31,6 +32,9 @@ from .decode import Frame, iter_frames
 from .shots import ShotDetector, ShotSegmenter, create_shot_detector, thumbnail_size
 
 log = logging.getLogger("seqbuild.ingest")
+
+TRIM_EVERY = 4
+"""Detector batches between two returns of the heap's free pages to the kernel (``malloc_trim``)."""
 
 DETECTION_FLUSH_ROWS = 1024
 """Detections buffered before they are appended to the shard's Parquet file (bounds memory per video)."""
@@ -137,6 +141,7 @@ class ShardBuilder:
         self._pts: list[float] = []
         self.frames_read = 0
         self.frames_detected = 0
+        self._batches = 0
         self.frames_blended = 0
         self.n_faces = 0
         self.n_shots = 0
@@ -255,6 +260,9 @@ class ShardBuilder:
             return
         batch, self._pending = self._pending, []
         results = self.detector.detect([item[3] for item in batch])
+        self._batches += 1
+        if self._batches % TRIM_EVERY == 0:
+            release_free_memory()  # the heap's free pages go back: RSS does not creep up over hours
         for (index, pts, shot_id, rgb), faces in zip(batch, results, strict=True):
             self.frames_detected += 1
             for k, face in enumerate(faces):

@@ -16,6 +16,7 @@ from seqbuild.ingest.segments import (
     segment_counts,
     warmup_frames,
 )
+from seqbuild.layout import RunDir
 from seqbuild.pipeline.loading import load_pipeline
 from seqbuild.pipeline.run import run_pipeline
 
@@ -88,3 +89,34 @@ def test_automatic_workers_and_parts_follow_the_length_of_the_work(monkeypatch):
     one = segment_counts(cfg, {"a.mp4": 600.0}, workers=2)
     assert one == {"a.mp4": 2}  # one 10-minute file on two workers: two parts
     assert segment_counts(IngestConfig(split_segments=3), {"a.mp4": 30.0}) == {"a.mp4": 3}
+
+
+@pytest.mark.media
+def test_an_interrupted_read_in_parts_keeps_its_finished_parts(media, tmp_path, monkeypatch):
+    from seqbuild.ingest import segments
+    from seqbuild.ingest.stage import run_ingest, source_id
+
+    video = str(media / "dev_broadcast.mp4")
+    real, calls = segments.ingest_segment, []
+
+    def interrupted_at_the_third(task, cfg):
+        calls.append(task.part)
+        if task.part == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the third part is read
+        return real(task, cfg)
+
+    cfg = IngestConfig(inputs=[video], split_segments=4, workers=1)
+    monkeypatch.setattr(segments, "ingest_segment", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(tmp_path / "parts", cfg, progress=False)
+    assert calls == [0, 1, 2] and not RunDir(tmp_path / "parts").ingest.is_done(source_id(video))
+
+    calls.clear()
+    monkeypatch.setattr(
+        segments, "ingest_segment", lambda task, cfg: calls.append(task.part) or real(task, cfg)
+    )
+    summary = run_ingest(tmp_path / "parts", cfg, progress=False)
+    assert sorted(calls) == [2, 3] and summary["done"] == 1  # the two finished parts are not read again
+    run_ingest(tmp_path / "whole", IngestConfig(inputs=[video], split_segments=1, workers=1), progress=False)
+    for folder in ("ingest/detections", "ingest/shots"):
+        pd.testing.assert_frame_equal(tables(tmp_path / "whole", folder), tables(tmp_path / "parts", folder))

@@ -120,3 +120,32 @@ def test_an_interrupted_read_in_parts_keeps_its_finished_parts(media, tmp_path, 
     run_ingest(tmp_path / "whole", IngestConfig(inputs=[video], split_segments=1, workers=1), progress=False)
     for folder in ("ingest/detections", "ingest/shots"):
         pd.testing.assert_frame_equal(tables(tmp_path / "whole", folder), tables(tmp_path / "parts", folder))
+
+
+@pytest.mark.media
+def test_a_part_that_cannot_be_decoded_makes_the_file_read_whole(media, tmp_path, monkeypatch, caplog):
+    import av
+
+    from seqbuild.ingest import segments
+    from seqbuild.ingest.stage import run_ingest
+
+    video = str(media / "dev_broadcast.mp4")
+    real = segments.segment_frames
+
+    def damaged_third_part(container, segment, source):
+        for n, frame in enumerate(real(container, segment, source)):
+            if segment.index == 2 and n == 50:
+                raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+            yield frame
+
+    monkeypatch.setattr(segments, "segment_frames", damaged_third_part)
+    summary = run_ingest(tmp_path / "parts", IngestConfig(inputs=[video], split_segments=4), progress=False)
+    assert summary["done"] == 1 and summary["failed"] == 0
+    assert "part 3 of 4 could not be decoded" in caplog.text and "reading it whole" in caplog.text
+    run_ingest(tmp_path / "whole", IngestConfig(inputs=[video], split_segments=1), progress=False)
+    for folder in ("ingest/detections", "ingest/shots", "ingest/videos"):
+        whole, parts = tables(tmp_path / "whole", folder), tables(tmp_path / "parts", folder)
+        pd.testing.assert_frame_equal(
+            whole.drop(columns="wall_seconds", errors="ignore"),
+            parts.drop(columns="wall_seconds", errors="ignore"),
+        )

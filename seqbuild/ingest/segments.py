@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -208,10 +209,17 @@ def ingest_segment(task: VideoTask, cfg: IngestConfig) -> dict[str, Any]:
         scan = ScanAhead(
             container, builder, depth=2 * cfg.batch_size, frames=segment_frames(container, seg, source)
         )
-        with scan as frames:
-            for _n, item in frames:
-                if item is not None:
-                    builder.add(item)
+        try:
+            with scan as frames:
+                for _n, item in frames:
+                    if item is not None:
+                        builder.add(item)
+        except (av.error.FFmpegError, OSError) as exc:
+            # No marker for this part: the merge then reads the file whole, which reports a damaged or
+            # truncated video the way a file never split is reported (a partial or failed videos row).
+            builder.abort()
+            log.warning("%s: part %d of %d could not be decoded (%s)", source, seg.index + 1, seg.count, exc)
+            return {"video_id": shard, "status": "unread", "error": None}
         row = builder.commit(
             {
                 "kind": "segment",
@@ -259,6 +267,8 @@ def check_tiling(parts: list[dict[str, Any]], source: str) -> None:
     """SegmentMismatch unless the parts' frames follow each other from frame 0 to the video's end."""
     covered, end_pts, last = 0, None, None
     for k, part in enumerate(parts):
+        if not part:
+            raise SegmentMismatch(f"{source}: part {k + 1} of {len(parts)} was not read to its end")
         if part["end"] <= part["first"]:
             continue  # owns no shot: the part before read through it
         if part["first"] != covered:

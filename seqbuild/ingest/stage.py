@@ -126,7 +126,7 @@ def ingest_source(task: VideoTask) -> dict[str, Any]:
             from .segments import ingest_segment
 
             row = ingest_segment(task, cfg)
-            return {"error": row["error"]} if row["status"] != "ok" else {}
+            return {"error": row["error"]} if row["status"] not in ("ok", "unread") else {}
         if is_url(task.params["source"]):
             from .live import ingest_stream
 

@@ -125,6 +125,8 @@ class ShardBuilder:
         self.cfg_hash = cfg_hash
         store.clear(self.shard)
         self.detector = cached_detector(cfg)
+        self.batch_size = cfg.batch_size or self.detector.batch_size
+        """Frames gathered per detector call (the detector's own default when the config says 0)."""
         self.segmenter = ShotSegmenter(
             create_shot_detector(
                 cfg.shot_detector, cut_threshold=cfg.cut_threshold, max_transition=cfg.max_transition
@@ -252,7 +254,7 @@ class ShardBuilder:
     def add(self, item: tuple[int, float, int, np.ndarray]) -> None:
         """Queue a frame for detection (from :meth:`scan`); detect once a batch is full."""
         self._pending.append(item)
-        if len(self._pending) >= self.cfg.batch_size:
+        if len(self._pending) >= self.batch_size:
             self._run_detector()
 
     def _run_detector(self) -> None:

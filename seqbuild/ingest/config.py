@@ -34,7 +34,11 @@ class IngestConfig:
     max_side: int = option(
         1280, "frames larger than this (longest side) are downscaled before detection", min=64
     )
-    batch_size: int = option(16, "frames per detector batch", min=1, affects_output=False)
+    # On a CPU, batches of 8 720p frames were as fast as 16 and peaked 170-200 MiB lower (the detector's
+    # intermediate tensors), with the same detections; on CUDA larger batches keep the GPU busy.
+    batch_size: int = option(
+        0, "frames per detector batch (0 = 8 on the CPU, 16 on CUDA)", min=0, affects_output=False
+    )
     crop_size: int = option(144, "side of the aligned square crop", min=32)
     jpeg_quality: int = option(95, "JPEG quality of stored crops", min=10, max=100)
     shot_detector: str = option("transitions", "shot transition detector, by registry name")

@@ -48,6 +48,8 @@ class FaceDetector:
     """Finds faces in a batch of RGB uint8 frames."""
 
     name = "base"
+    batch_size: int = 8
+    """Frames a caller gathers before calling :meth:`detect`."""
 
     def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
         """One list of faces per frame, in the frames' own pixels."""
@@ -91,7 +93,7 @@ class MTCNNDetector(FaceDetector):
         self.threshold = float(threshold)
         self.max_side = int(max_side)
         self.factor = float(factor)
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = int(batch_size) or (16 if self.device.startswith("cuda") else 8)
         # The last stage's own threshold stays loose (MTCNN's default); `threshold` filters afterwards,
         # so a face's stored score is always O-net's probability.
         self.stage_thresholds = [float(stage_thresholds[0]), float(stage_thresholds[1]), 0.7]

@@ -207,7 +207,10 @@ def ingest_segment(task: VideoTask, cfg: IngestConfig) -> dict[str, Any]:
         window = SegmentWindow(seg.start if seg.index else None, seg.end)
         builder = ShardBuilder(task.video, source, cfg, store, part_key, shard=shard, window=window)
         scan = ScanAhead(
-            container, builder, depth=2 * cfg.batch_size, frames=segment_frames(container, seg, source)
+            container,
+            builder,
+            depth=2 * builder.batch_size,
+            frames=segment_frames(container, seg, source),
         )
         try:
             with scan as frames:

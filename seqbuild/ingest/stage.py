@@ -172,7 +172,7 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
         builder = ShardBuilder(task.video, source, cfg, store, task.key)
         status, error = "ok", None
         bar = _frame_bar(task, info.frames)
-        scan = ScanAhead(container, builder, depth=2 * cfg.batch_size)
+        scan = ScanAhead(container, builder, depth=2 * builder.batch_size)
         try:
             with scan as frames:
                 for n, item in frames:

@@ -34,6 +34,16 @@ def media_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def pane_at(panes: list[dict], box) -> str | None:
+    """The identity of the ground-truth pane that holds the centre of ``box`` (x1, y1, x2, y2), if any."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for p in panes:
+        x, y, w, h = p["rect"]
+        if x <= cx < x + w and y <= cy < y + h:
+            return p["identity"]
+    return None
+
+
 def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     """The RGB frames at ``indices`` of a video."""
     import av
@@ -123,12 +133,7 @@ def collect_faces(media: Path, frames_per_clip: int) -> list[dict]:
             for fidx, img in read_frames(media / gt["video"], [shot["start"] + 14, mid]).items():
 
                 def ident(box, panes=shot["panes"]):
-                    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-                    for p in panes:
-                        x, y, w, h = p["rect"]
-                        if x <= cx < x + w and y <= cy < y + h:
-                            return p["identity"]
-                    return None
+                    return pane_at(panes, box)
 
                 add(img, ident, "dev_broadcast", fidx / gt["fps"])
     for folder in sorted((media / "gallery").iterdir()):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_embed import media_dir, n_frames, read_frames
+from benchmarks.bench_embed import media_dir, n_frames, pane_at, read_frames
 from benchmarks.bench_overlap import machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,12 +257,7 @@ def detect_faces(media: Path) -> list[dict]:
         for i, img in read_frames(media / gt["video"], idx).items():
 
             def pane(box, panes=shot["panes"]):
-                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-                for p in panes:
-                    x, y, w, h = p["rect"]
-                    if x <= cx < x + w and y <= cy < y + h:
-                        return p["identity"]
-                return None
+                return pane_at(panes, box)
 
             add(img, "probe", pane, "dev_broadcast", i)
     print(f"[real] dev_broadcast: {len(faces)} faces so far", file=sys.stderr, flush=True)

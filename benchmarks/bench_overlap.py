@@ -464,11 +464,9 @@ SIZES = (6, 100, 5749, 85742)
 
 def compose_identity_media(media: Path, out: Path) -> dict[str, tuple[Path, Path | None]]:
     """name -> (video, ground truth) of every video the decisions study runs on (composing what is missing)."""
-    import subprocess
-    import sys
+    from benchmarks.bench_transitions import compose_spec
 
     out.mkdir(parents=True, exist_ok=True)
-    tool = media.parent / "tools" / "broadcast.py"
     found: dict[str, tuple[Path, Path | None]] = {
         "dev_broadcast": (media / "dev_broadcast.mp4", media / "dev_broadcast.gt.json")
     }
@@ -476,16 +474,8 @@ def compose_identity_media(media: Path, out: Path) -> dict[str, tuple[Path, Path
     for spec_path in specs:
         if not spec_path.exists():
             continue
-        name = spec_path.stem if spec_path.parent == IDENTITY_SPECS else spec_path.stem
-        name = f"identity_{name}" if spec_path.parent == IDENTITY_SPECS else name
-        video, gt = out / f"{name}.mp4", out / f"{name}.gt.json"
-        if not (video.exists() and gt.exists()):
-            spec = json.loads(spec_path.read_text())
-            spec["clips"] = {k: str((media / v).resolve()) for k, v in spec["clips"].items()}
-            resolved = out / f"{name}.json"
-            resolved.write_text(json.dumps(spec))
-            subprocess.run([sys.executable, str(tool), str(resolved), str(video)], check=True)
-        found[name] = (video, gt)
+        name = f"identity_{spec_path.stem}" if spec_path.parent == IDENTITY_SPECS else spec_path.stem
+        found[name] = compose_spec(spec_path, media, out, name)
     for clip in (*TALK, "hamilton_stage", "crowd_walk"):
         found[clip] = (media / "clips" / f"{clip}.mp4", None)
     return found
@@ -502,14 +492,25 @@ def prepare_run(video: Path, run: Path) -> None:
 
 
 def _pane(gt: dict, frame: int, box: list[float]) -> str:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    for shot in gt["shots"]:
-        if shot["start"] <= frame < shot["end"]:
-            for pane in shot["panes"]:
-                x, y, w, h = pane["rect"]
-                if x <= cx < x + w and y <= cy < y + h:
-                    return pane["identity"]
-    return "none"
+    from benchmarks.bench_embed import pane_at
+
+    shot = next((s for s in gt["shots"] if s["start"] <= frame < s["end"]), None)
+    return (pane_at(shot["panes"], box) if shot else None) or "none"
+
+
+def sequence_faces(rd, stage: str, shard: str) -> tuple[dict, dict[str, int], dict[str, list[str]]]:
+    """A shard's detections (face_id, frame and box columns), the row of each face id, and the face ids
+    of each sequence of ``stage``'s assignments."""
+    from seqbuild.storage import read_table
+
+    a = read_table(rd.stage(stage).table_path("assignments", shard)).to_pydict()
+    cols = ["face_id", "frame_idx", "x1", "y1", "x2", "y2"]
+    det = read_table(rd.ingest.table_path("detections", shard), columns=cols).to_pydict()
+    drow = {f: i for i, f in enumerate(det["face_id"])}
+    seqs: dict[str, list[str]] = {}
+    for f, s in zip(a["face_id"], a["seq_id"], strict=True):
+        seqs.setdefault(s, []).append(f)
+    return det, drow, seqs
 
 
 def labelled_sequences(name: str, run: Path, gt_path: Path | None, stage: str = "clean") -> list[dict]:
@@ -522,17 +523,12 @@ def labelled_sequences(name: str, run: Path, gt_path: Path | None, stage: str = 
     gt = json.loads(gt_path.read_text()) if gt_path else None
     out = []
     for shard in rd.stage(stage).done_shards():
-        a = read_table(rd.stage(stage).table_path("assignments", shard)).to_pydict()
         emb = read_table(rd.embed.table_path("embeddings", shard), columns=["face_id", "embedding"])
         row = {f: i for i, f in enumerate(emb.column("face_id").to_pylist())}
         vec = np.asarray(emb.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False))
         vec = vec.reshape(len(row), -1).astype(np.float32)
         cols = ["face_id", "frame_idx", "x1", "y1", "x2", "y2"]
-        det = read_table(rd.ingest.table_path("detections", shard), columns=cols).to_pydict()
-        drow = {f: i for i, f in enumerate(det["face_id"])}
-        seqs: dict[str, list[str]] = {}
-        for f, s in zip(a["face_id"], a["seq_id"], strict=True):
-            seqs.setdefault(s, []).append(f)
+        det, drow, seqs = sequence_faces(rd, stage, shard)
         for s, faces in sorted(seqs.items()):
             frames = [det["frame_idx"][drow[f]] for f in faces]
             if gt is not None:
@@ -589,7 +585,6 @@ def stranger_photos(media: Path, runs: Path, out: Path) -> Path:
     import cv2
 
     from seqbuild.layout import RunDir
-    from seqbuild.storage import read_table
 
     for clip in ("crowd_walk", "hamilton_stage"):
         rd = RunDir(runs / clip)
@@ -601,13 +596,7 @@ def stranger_photos(media: Path, runs: Path, out: Path) -> Path:
                 break
             frames.append(f)
         for shard in rd.track.done_shards():
-            a = read_table(rd.track.table_path("assignments", shard)).to_pydict()
-            cols = ["face_id", "frame_idx", "x1", "y1", "x2", "y2"]
-            det = read_table(rd.ingest.table_path("detections", shard), columns=cols).to_pydict()
-            drow = {f: i for i, f in enumerate(det["face_id"])}
-            seqs: dict[str, list[str]] = {}
-            for f, s in zip(a["face_id"], a["seq_id"], strict=True):
-                seqs.setdefault(s, []).append(f)
+            det, drow, seqs = sequence_faces(rd, "track", shard)
             for s, faces in sorted(seqs.items()):
                 first = det["frame_idx"][drow[faces[0]]]
                 if clip == "hamilton_stage" and first < 216:
@@ -616,7 +605,7 @@ def stranger_photos(media: Path, runs: Path, out: Path) -> Path:
                 folder.mkdir(parents=True, exist_ok=True)
                 for k, f in enumerate([faces[0], faces[len(faces) // 2], faces[-1]]):
                     i = drow[f]
-                    x1, y1, x2, y2 = (det[c][i] for c in cols[2:])
+                    x1, y1, x2, y2 = (det[c][i] for c in ("x1", "y1", "x2", "y2"))
                     cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * 2.2
                     img = frames[det["frame_idx"][i]]
                     crop = img[

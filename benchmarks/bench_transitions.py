@@ -55,7 +55,6 @@ def compose(media: Path, out: Path, names: list[str] | None = None) -> dict[str,
     """name -> (video, ground truth) of dev_broadcast and of every spec (or those in ``names``),
     composing what is missing."""
     out.mkdir(parents=True, exist_ok=True)
-    tool = media.parent / "tools" / "broadcast.py"
     found = {"dev_broadcast": (media / "dev_broadcast.mp4", media / "dev_broadcast.gt.json")}
     for spec_path in sorted(SPECS.glob("*.json")):
         if spec_path.name.endswith(".gt.json"):
@@ -63,15 +62,22 @@ def compose(media: Path, out: Path, names: list[str] | None = None) -> dict[str,
         name = spec_path.stem
         if names is not None and name not in names:
             continue
-        video, gt = out / f"{name}.mp4", out / f"{name}.gt.json"
-        if not (video.exists() and gt.exists()):
-            spec = json.loads(spec_path.read_text())
-            spec["clips"] = {k: str((media / v).resolve()) for k, v in spec["clips"].items()}
-            resolved = out / f"{name}.json"
-            resolved.write_text(json.dumps(spec))
-            subprocess.run([sys.executable, str(tool), str(resolved), str(video)], check=True)
-        found[name] = (video, gt)
+        found[name] = compose_spec(spec_path, media, out, name)
     return found
+
+
+def compose_spec(spec_path: Path, media: Path, out: Path, name: str) -> tuple[Path, Path]:
+    """(video, ground truth) of one broadcast spec, ``out/name.mp4``, composed with
+    ../shared/tools/broadcast.py (its clips resolved against ``media``) unless both are there."""
+    video, gt = out / f"{name}.mp4", out / f"{name}.gt.json"
+    if not (video.exists() and gt.exists()):
+        spec = json.loads(spec_path.read_text())
+        spec["clips"] = {k: str((media / v).resolve()) for k, v in spec["clips"].items()}
+        resolved = out / f"{name}.json"
+        resolved.write_text(json.dumps(spec))
+        tool = media.parent / "tools" / "broadcast.py"
+        subprocess.run([sys.executable, str(tool), str(resolved), str(video)], check=True)
+    return video, gt
 
 
 def truth_of(gt: dict) -> tuple[list[tuple[int, str, int]], list[int]]:

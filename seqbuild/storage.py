@@ -257,11 +257,10 @@ class AppendingTableWriter:
         self._open = True
         try:
             self._writer = pq.ParquetWriter(self.tmp, self._schema, compression="zstd")
-        except OSError as exc:
+        except BaseException as exc:
             self._discard()
-            raise self._error(exc) from exc
-        except BaseException:
-            self._discard()
+            if isinstance(exc, OSError):
+                raise self._error(exc) from exc
             raise
 
     def _error(self, exc: BaseException) -> BaseException:
@@ -298,11 +297,10 @@ class AppendingTableWriter:
                 os.fsync(fh.fileno())
             os.replace(self.tmp, self.path)
             _fsync_dir(self.path.parent)
-        except OSError as exc:
+        except BaseException as exc:
             self._discard()
-            raise self._error(exc) from exc
-        except BaseException:
-            self._discard()
+            if isinstance(exc, OSError):
+                raise self._error(exc) from exc
             raise
         self._release()
         return self.path

@@ -360,31 +360,14 @@ def test_command_on_image_folders_and_rec_writes_json_plots_and_reuses_features(
 
 def test_command_bad_input_is_one_line(tmp_path, synthetic):
     src = synthetic["dir"]
-    res = CliRunner().invoke(cli, ["eval", "facenet", "--identification", str(src / "probes.npy")])
+
+    def identify(*more: str):
+        args = ["eval", "facenet", "--identification", str(src / "probes.npy"), *more]
+        return CliRunner().invoke(cli, args)
+
+    res = identify()
     assert res.exit_code != 0 and "--distractors" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(
-        cli,
-        [
-            "eval",
-            "facenet",
-            "--identification",
-            str(src / "probes.npy"),
-            "--distractors",
-            str(tmp_path / "none"),
-        ],
-    )
+    res = identify("--distractors", str(tmp_path / "none"))
     assert res.exit_code != 0 and "none: not found" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(
-        cli,
-        [
-            "eval",
-            "facenet",
-            "--identification",
-            str(src / "probes.npy"),
-            "--distractors",
-            str(src / "distractors.npy"),
-            "--sizes",
-            "ten",
-        ],
-    )
+    res = identify("--distractors", str(src / "distractors.npy"), "--sizes", "ten")
     assert res.exit_code == 2 and "--sizes" in res.output

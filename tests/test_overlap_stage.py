@@ -16,8 +16,8 @@ from seqbuild.errors import ConfigError, InputError
 from seqbuild.imaging import encode_jpeg
 from seqbuild.layout import RunDir
 from seqbuild.overlap.config import OverlapConfig
-from seqbuild.overlap.gallery import build_gallery
 from seqbuild.overlap.galleries import thresholds_for
+from seqbuild.overlap.gallery import build_gallery
 from seqbuild.overlap.stage import run_dedup_overlap, sequence_centres
 from seqbuild.schema import ASSIGNMENTS, DETECTIONS, FACES, REMOVALS, SEQUENCES, embeddings_schema
 from seqbuild.storage import read_table, write_table

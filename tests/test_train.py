@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train_data import make_final_dataset, make_identity_folder
+from test_train_data import make_final_dataset, make_identity_folder, make_training_inputs
 
 from seqbuild._cli.main import cli
 from seqbuild.config import build
@@ -20,14 +20,16 @@ from seqbuild.train.trainer import lr_at, run_train
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("traindata")
-    make_identity_folder(root / "src", identities=4, per_identity=8)
-    res = CliRunner().invoke(
-        cli, ["import-identities", str(root / "src"), "--out", str(root / "ids"), "--aligned"]
-    )
-    assert res.exit_code == 0, res.output
-    make_final_dataset(root / "run", sequences=6, per_sequence=5)
-    return root
+    return make_training_inputs(tmp_path_factory.mktemp("traindata"), identities=4, sequences=6)
+
+
+def write_pairs(path) -> None:
+    """An LFW-style pairs file over the identity photos of ``data``: 3 same and 3 different pairs per person."""
+    lines = ["10\t2"]
+    for k in range(4):
+        lines += [f"person_{k}\t{i}\t{i + 1}" for i in (1, 3, 5)]
+        lines += [f"person_{k}\t{i}\tperson_{(k + 1) % 4}\t{i}" for i in (1, 2, 3)]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _cfg(data, out, **kw):
@@ -163,11 +165,7 @@ def test_cli_train_then_eval_on_pairs(data, tmp_path):
     assert (out / "config.toml").exists() and (out / "last.pt").exists()
     # LFW-style pairs over the identity photos
     src = data / "src"
-    lines = ["10\t2"]
-    for k in range(4):
-        lines += [f"person_{k}\t{i}\t{i + 1}" for i in (1, 3, 5)]
-        lines += [f"person_{k}\t{i}\tperson_{(k + 1) % 4}\t{i}" for i in (1, 2, 3)]
-    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    write_pairs(tmp_path / "pairs.txt")
     res = CliRunner().invoke(
         cli,
         [
@@ -409,11 +407,7 @@ def test_validation_every_n_steps_on_bin_and_pairs(data, tmp_path):
     from seqbuild.imaging import read_image
 
     src = data / "src"
-    lines = ["10\t2"]
-    for k in range(4):
-        lines += [f"person_{k}\t{i}\t{i + 1}" for i in (1, 3, 5)]
-        lines += [f"person_{k}\t{i}\tperson_{(k + 1) % 4}\t{i}" for i in (1, 2, 3)]
-    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    write_pairs(tmp_path / "pairs.txt")
     images, issame = [], []
     for k in range(4):
         for i in (1, 2, 3):

@@ -72,6 +72,22 @@ def make_final_dataset(
     return run / "dataset"
 
 
+def make_training_inputs(root: Path, identities: int, sequences: int) -> Path:
+    """``root/ids`` (an identity set imported by the CLI) and ``root/run`` (a final dataset): what
+    `seqbuild train` reads."""
+    from click.testing import CliRunner
+
+    from seqbuild._cli.main import cli
+
+    make_identity_folder(root / "src", identities=identities, per_identity=8)
+    res = CliRunner().invoke(
+        cli, ["import-identities", str(root / "src"), "--out", str(root / "ids"), "--aligned"]
+    )
+    assert res.exit_code == 0, res.output
+    make_final_dataset(root / "run", sequences=sequences, per_sequence=5)
+    return root
+
+
 # ---------------------------------------------------------------- tests
 
 import json  # noqa: E402

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from test_train_data import make_final_dataset, make_identity_folder
+from test_train_data import make_training_inputs
 
-from seqbuild._cli.main import cli
 from seqbuild.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,14 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddpdata")
-    make_identity_folder(root / "src", identities=6, per_identity=8)
-    res = CliRunner().invoke(
-        cli, ["import-identities", str(root / "src"), "--out", str(root / "ids"), "--aligned"]
-    )
-    assert res.exit_code == 0, res.output
-    make_final_dataset(root / "run", sequences=8, per_sequence=5)
-    return root
+    return make_training_inputs(tmp_path_factory.mktemp("ddpdata"), identities=6, sequences=8)
 
 
 def _torchrun_train(data: Path, out: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:

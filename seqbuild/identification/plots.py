@@ -23,11 +23,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _finish(fig, ax, path: Path, legend_size: int = 8) -> Path:
+    """Grid, legend and layout; the figure written atomically as a PNG at ``path``, then closed."""
+    import matplotlib.pyplot as plt
+
     from ..storage import atomic_path
 
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
     return path
 
 
@@ -46,12 +53,7 @@ def plot_rank1(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     ax.set_title(
         f"{result.get('model', '')}: {result['probes']['mated_searches']} mated searches", fontsize=9
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return _finish(fig, ax, Path(path))
 
 
 def plot_det(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -86,11 +88,7 @@ def plot_det(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     ax.set_xlabel("FPIR (non-mated searches matched)")
     ax.set_ylabel("FNIR (mates missed at rank 1)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return _finish(fig, ax, Path(path), legend_size=7)
 
 
 def plot_fpir_vs_size(result: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
@@ -127,12 +125,7 @@ def plot_fpir_vs_size(result: dict[str, Any], path: str | os.PathLike[str]) -> P
     ax.set_xlabel("gallery size N")
     ax.set_ylabel("FPIR")
     ax.set_title(f"{result.get('model', '')}: threshold {t:.3g}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return _finish(fig, ax, Path(path))
 
 
 def write_plots(result: dict[str, Any], json_path: str | os.PathLike[str]) -> list[Path]:

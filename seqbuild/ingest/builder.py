@@ -489,3 +489,26 @@ class ScanAhead:
                 continue
             if not self.thread.is_alive():
                 return
+
+
+class ShardRead:
+    """One read of an open container into a :class:`ShardBuilder`, as a ``with`` block: set ``builder``
+    and ``scan`` as they are made. Leaving by an exception (Ctrl-C included) drops what the builder made;
+    the container is closed once the decoding thread is done with it (if a second Ctrl-C cut the wait
+    short, it is left to the exiting process rather than freed under the thread)."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self.builder: ShardBuilder | None = None
+        self.scan: ScanAhead | None = None
+
+    def __enter__(self) -> ShardRead:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is not None and self.builder is not None:
+                self.builder.abort()
+        finally:
+            if self.scan is None or self.scan.stopped:
+                self.container.close()

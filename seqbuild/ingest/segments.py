@@ -187,7 +187,7 @@ def segment_frames(container: Any, segment: Segment, source: str) -> Iterator[Fr
 
 def ingest_segment(task: VideoTask, cfg: IngestConfig) -> dict[str, Any]:
     """Read one part of a video file into its part shard; its videos row (kind ``segment``)."""
-    from .builder import ScanAhead, SegmentWindow, ShardBuilder
+    from .builder import ScanAhead, SegmentWindow, ShardBuilder, ShardRead
     from .stage import failed_row
 
     source = task.params["source"]
@@ -200,18 +200,18 @@ def ingest_segment(task: VideoTask, cfg: IngestConfig) -> dict[str, Any]:
         container = open_container(source, cfg.timeout)
     except InputError as exc:
         return failed_row(shard, source, "segment", str(exc), time.perf_counter() - t0, task.video)
-    builder = None
-    scan: ScanAhead | None = None
-    try:
+    with ShardRead(container) as read:
         info = video_info(container)
         window = SegmentWindow(seg.start if seg.index else None, seg.end)
         builder = ShardBuilder(task.video, source, cfg, store, part_key, shard=shard, window=window)
+        read.builder = builder
         scan = ScanAhead(
             container,
             builder,
             depth=2 * builder.batch_size,
             frames=segment_frames(container, seg, source),
         )
+        read.scan = scan
         try:
             with scan as frames:
                 for _n, item in frames:
@@ -251,13 +251,6 @@ def ingest_segment(task: VideoTask, cfg: IngestConfig) -> dict[str, Any]:
         }
         store.mark_done(shard, part_key, status="ok", source=source, part=part)
         return row
-    except BaseException:
-        if builder is not None:
-            builder.abort()
-        raise
-    finally:
-        if scan is None or scan.stopped:
-            container.close()
 
 
 def _with_shot_offset(table: pa.Table, offset: int) -> pa.Table:

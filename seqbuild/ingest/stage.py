@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..executors import Executor
 from ..layout import RunDir
 from ..storage import ShardStore
-from .builder import ScanAhead, ShardBuilder, write_video_row
+from .builder import ScanAhead, ShardBuilder, ShardRead, write_video_row
 from .config import IngestConfig
 from .decode import is_url, open_container, video_info
 
@@ -165,14 +165,14 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
         store.clear(task.video)
         write_video_row(store, row, task.key)
         return _summary(row)
-    builder = None
-    scan: ScanAhead | None = None
-    try:
+    with ShardRead(container) as read:
         info = video_info(container)
         builder = ShardBuilder(task.video, source, cfg, store, task.key)
+        read.builder = builder
         status, error = "ok", None
         bar = _frame_bar(task, info.frames)
         scan = ScanAhead(container, builder, depth=2 * builder.batch_size)
+        read.scan = scan
         try:
             with scan as frames:
                 for n, item in frames:
@@ -216,15 +216,6 @@ def ingest_file(task: VideoTask, cfg: IngestConfig, store: ShardStore) -> dict[s
             }
         )
         return _summary(row)
-    except BaseException:
-        if builder is not None:
-            builder.abort()
-        raise
-    finally:
-        # The decoding thread must be done with the container before it is freed; if a second Ctrl-C
-        # cut the wait short, the container is left to the exiting process rather than freed under it.
-        if scan is None or scan.stopped:
-            container.close()
 
 
 def _period(fps: float | None) -> float:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train_data import make_final_dataset, make_identity_folder, make_training_inputs
+from test_train_data import make_final_dataset, make_identity_folder, make_training_inputs, tiny_train_args
 
 from seqbuild._cli.main import cli
 from seqbuild.config import build
@@ -130,36 +130,7 @@ def test_lr_schedule():
 
 def test_cli_train_then_eval_on_pairs(data, tmp_path):
     out = tmp_path / "ckpt"
-    res = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            "--identities",
-            str(data / "ids"),
-            "--sequences",
-            str(data / "run"),
-            "--out",
-            str(out),
-            "--backbone",
-            "tiny",
-            "--max-steps",
-            "3",
-            "--batch-size",
-            "8",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--set",
-            "train.image_size=36",
-            "--set",
-            "train.crop_size=32",
-            "--set",
-            "train.embedding_dim=16",
-            "--set",
-            "train.tensorboard=false",
-        ],
-    )
+    res = CliRunner().invoke(cli, tiny_train_args(data, out, 3))
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout[res.stdout.index("{") :])["steps"] == 3
     assert (out / "config.toml").exists() and (out / "last.pt").exists()

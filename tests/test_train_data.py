@@ -72,6 +72,16 @@ def make_final_dataset(
     return run / "dataset"
 
 
+def tiny_train_args(data: Path, out: Path, steps: int) -> list[str]:
+    """`seqbuild train` arguments for a few CPU steps of the tiny backbone on :func:`make_training_inputs`."""
+    args = ["train", "--identities", str(data / "ids"), "--sequences", str(data / "run"), "--out", str(out)]
+    args += ["--backbone", "tiny", "--max-steps", str(steps), "--batch-size", "8", "--workers", "0"]
+    args += ["--device", "cpu"]
+    for key in ("image_size=36", "crop_size=32", "embedding_dim=16", "tensorboard=false"):
+        args += ["--set", f"train.{key}"]
+    return args
+
+
 def make_training_inputs(root: Path, identities: int, sequences: int) -> Path:
     """``root/ids`` (an identity set imported by the CLI) and ``root/run`` (a final dataset): what
     `seqbuild train` reads."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_data import make_training_inputs
+from test_train_data import make_training_inputs, tiny_train_args
 
 from seqbuild.train.checkpoint import load_checkpoint
 
@@ -38,33 +38,9 @@ def _torchrun_train(data: Path, out: Path, steps: int, *extra: str) -> subproces
         "2",
         "-m",
         "seqbuild",
-        "train",
-        "--identities",
-        str(data / "ids"),
-        "--sequences",
-        str(data / "run"),
-        "--out",
-        str(out),
-        "--backbone",
-        "tiny",
-        "--max-steps",
-        str(steps),
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
+        *tiny_train_args(data, out, steps),
         "--lr",
         "0.1",
-        "--set",
-        "train.image_size=36",
-        "--set",
-        "train.crop_size=32",
-        "--set",
-        "train.embedding_dim=16",
-        "--set",
-        "train.tensorboard=false",
         "--set",
         "train.dsa_p=0.5",
         "--set",

@@ -628,40 +628,27 @@ def markers(c: Cases) -> None:
         )
 
 
+def rerun_heals(c: Cases, run: Path, case: str, word: str) -> None:
+    """Run the chain again on a damaged run: the line that names the damage (with ``word``), and whether
+    the dataset is the reference one again."""
+    proc = seqbuild("run", str(c.chain), "--out", str(run), "--no-progress")
+    warn = next((ln for ln in proc.stderr.splitlines() if word in ln), one_line(proc))
+    same = proc.returncode == 0 and faces(run / "dataset") == c.ref_faces
+    c.add(case, "seqbuild run chain.toml --out RUN", proc.returncode, warn, "yes", yes(same), same)
+
+
 def damaged_outputs(c: Cases) -> None:
     run = c.copy_ref("truncated_output")
     path = run / "track" / "assignments" / f"{c.videos[1]}.parquet"
     path.write_bytes(path.read_bytes()[:200])
-    proc = seqbuild("run", str(c.chain), "--out", str(run), "--no-progress")
-    warn = next((ln for ln in proc.stderr.splitlines() if "truncated" in ln), one_line(proc))
-    same = proc.returncode == 0 and faces(run / "dataset") == c.ref_faces
-    c.add(
-        "truncated track/assignments under a trusted marker",
-        "seqbuild run chain.toml --out RUN",
-        proc.returncode,
-        warn,
-        "yes",
-        yes(same),
-        same,
-    )
+    rerun_heals(c, run, "truncated track/assignments under a trusted marker", "truncated")
 
     run = c.copy_ref("damaged_in_place")
     path = run / "embed" / "embeddings" / f"{c.videos[0]}.parquet"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    proc = seqbuild("run", str(c.chain), "--out", str(run), "--no-progress")
-    warn = next((ln for ln in proc.stderr.splitlines() if "checksum" in ln), one_line(proc))
-    same = proc.returncode == 0 and faces(run / "dataset") == c.ref_faces
-    c.add(
-        "embeddings damaged in place (same size)",
-        "seqbuild run chain.toml --out RUN",
-        proc.returncode,
-        warn,
-        "yes",
-        yes(same),
-        same,
-    )
+    rerun_heals(c, run, "embeddings damaged in place (same size)", "checksum")
 
     run = c.copy_ref("corrupt_parquet")
     path = run / "clean" / "assignments" / f"{c.videos[0]}.parquet"

@@ -458,17 +458,9 @@ def full_disk_ingest(c: Cases) -> None:
     try:
         with tmpfs(mnt, str(int(ingest_bytes * 0.5))):
             run = mnt / "run"
-            proc = seqbuild(
-                "ingest",
-                *c.clips,
-                "--out",
-                str(run),
-                "--device",
-                "cpu",
-                "--no-progress",
-                "--detect-every",
-                "5",
-            )
+            ingest_args = ["ingest", *c.clips, "--out", str(run), "--device", "cpu", "--no-progress"]
+            ingest_args += ["--detect-every", "5"]
+            proc = seqbuild(*ingest_args)
             from seqbuild.layout import RunDir
             from seqbuild.storage import read_table
 
@@ -477,17 +469,7 @@ def full_disk_ingest(c: Cases) -> None:
             intact = all(read_table(p) is not None for s in done for p in rd.ingest.output_files(s).values())
             intact = intact and not list(run.rglob("*.tmp"))
             remount(mnt, "size=256m")
-            again = seqbuild(
-                "ingest",
-                *c.clips,
-                "--out",
-                str(run),
-                "--device",
-                "cpu",
-                "--no-progress",
-                "--detect-every",
-                "5",
-            )
+            again = seqbuild(*ingest_args)
             same = again.returncode == 0 and digest(run / "ingest", "detections/*.parquet") == digest(
                 c.ref / "ingest", "detections/*.parquet"
             )
